@@ -1,0 +1,203 @@
+"""``oncall-router``: a thin Typer layer over the jobs. Errors a user can fix are printed as one
+message naming the problem (exit 2), never as a traceback."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from pipelines.config import OncallConfig, load_config
+from pipelines.errors import OncallError
+from pipelines.sample_data import SampleSpec, generate_archive
+from pipelines.schema import TextBuilder
+from pipelines.validate import validate_archive
+
+app = typer.Typer(
+    help="Route oncall tickets to the tenant that owns them, and keep learning as ownership changes.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+# soft_wrap: long paths and messages stay on one line (greppable, copy-pasteable).
+console = Console(soft_wrap=True)
+log = logging.getLogger("oncall_router")
+
+EXIT_USER_ERROR = 2
+EXIT_VALIDATION_FAILED = 1
+
+DataDirOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--data-dir",
+        help="Directory of every embedded store (MLflow db and artifacts, Ray storage, feedback "
+        "db, bases). Default ./.oncall, or $ONCALL_DATA_DIR.",
+        show_default=False,
+    ),
+]
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        envvar="ONCALL_CONFIG",
+        help="YAML file merged over platform/config/default.yaml. Or $ONCALL_CONFIG.",
+    ),
+]
+DateOption = Annotated[dt.datetime | None, typer.Option(formats=["%Y-%m-%d"], show_default=False)]
+
+
+@app.callback()
+def main_options(
+    ctx: typer.Context,
+    data_dir: DataDirOption = None,
+    config: ConfigOption = None,
+    log_level: Annotated[
+        str, typer.Option(envvar="ONCALL_LOG_LEVEL", help="DEBUG, INFO, WARNING or ERROR.")
+    ] = "INFO",
+) -> None:
+    level = logging.getLevelName(log_level.upper())
+    if not isinstance(level, int):
+        raise typer.BadParameter(f"unknown log level {log_level!r}", param_hint="--log-level")
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+    )
+    ctx.obj = {"config_file": config, "overrides": {"data_dir": data_dir}}
+
+
+def _config(ctx: typer.Context, **overrides: Any) -> OncallConfig:
+    return load_config(ctx.obj["config_file"], overrides={**ctx.obj["overrides"], **overrides})
+
+
+def _date(value: dt.datetime | None) -> dt.date | None:
+    return value.date() if value else None
+
+
+@app.command("sample-data")
+def sample_data(
+    ctx: typer.Context,
+    out: Annotated[
+        Path | None, typer.Option(help="Archive directory. Default: data.archive (<data-dir>/archive).")
+    ] = None,
+    days: Annotated[int, typer.Option(min=1)] = 30,
+    tickets_per_day: Annotated[int, typer.Option(min=1)] = 2000,
+    tenants: Annotated[int, typer.Option(min=2)] = 268,
+    new_tenants: Annotated[int, typer.Option(min=0, help="Tenants that appear mid-range.")] = 3,
+    moves: Annotated[int, typer.Option(min=0, help="Services that change owner mid-range.")] = 6,
+    start: Annotated[
+        dt.datetime, typer.Option(formats=["%Y-%m-%d"], help="First day (YYYY-MM-DD).")
+    ] = dt.datetime(2026, 10, 1),
+    seed: int = 0,
+    overwrite: Annotated[bool, typer.Option(help="Replace an earlier sample archive in OUT.")] = False,
+) -> None:
+    """Generate a realistic, deterministic sample ticket archive with a manifest of its truth."""
+    config = _config(ctx)
+    target = out or Path(config.archive_uri)
+    spec = SampleSpec(
+        days=days,
+        tickets_per_day=tickets_per_day,
+        tenants=tenants,
+        new_tenants=new_tenants,
+        moves=moves,
+        start=start.date(),
+        seed=seed,
+    )
+    manifest = generate_archive(spec, target, overwrite=overwrite)
+    _print_manifest_summary(target, manifest)
+
+
+@app.command("init-base")
+def init_base_command(
+    ctx: typer.Context,
+    preset: Annotated[str, typer.Option(help="Base preset to build.")] = "tiny",
+    archive: Annotated[
+        str | None, typer.Option(help="Archive whose ticket text trains the tokenizer.")
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Default <data-dir>/bases/<preset>.")] = None,
+    vocab_size: Annotated[int | None, typer.Option(help="Default model.tokenizer_vocab_size.")] = None,
+    seed: int = 0,
+    overwrite: bool = False,
+) -> None:
+    """Build a random-init Qwen3 base and a BPE tokenizer trained on the archive (no download)."""
+    from pipelines.base_builder import init_base  # torch + transformers: ~5 s, only where needed
+
+    config = _config(ctx, **{"model.tokenizer_vocab_size": vocab_size})
+    target = out or config.preset_bases_dir / preset
+    built = init_base(
+        preset,
+        archive or config.archive_uri,
+        target,
+        TextBuilder.from_config(config.data),
+        vocab_size=config.model.tokenizer_vocab_size,
+        max_length=config.model.max_length,
+        seed=seed,
+        overwrite=overwrite,
+    )
+    console.print(f"base: {built}")
+
+
+@app.command("validate")
+def validate_command(
+    ctx: typer.Context,
+    archive: Annotated[str | None, typer.Option(help="Default: data.archive.")] = None,
+    since: DateOption = None,
+    until: DateOption = None,
+) -> None:
+    """Check an archive against the ticket contract; exit 1 when anything breaks it."""
+    config = _config(ctx)
+    report = validate_archive(archive or config.archive_uri, _date(since), _date(until))
+    table = Table(title=f"archive {report.archive}", show_header=False)
+    for label, value in (
+        ("days", report.days),
+        ("files", report.files),
+        ("rows", report.rows),
+        ("valid rows", report.valid_rows),
+        ("unresolved (no tenant)", report.unresolved_rows),
+        ("tenants", len(report.tenants)),
+        *((f"rejected: {reason}", count) for reason, count in sorted(report.rejected.items())),
+    ):
+        table.add_row(label, str(value))
+    console.print(table)
+    for problem in report.problems:
+        console.print(f"schema problem: {problem}", markup=False, style="red")
+    if not report.ok:
+        raise typer.Exit(EXIT_VALIDATION_FAILED)
+
+
+@app.command("demo")
+def demo(ctx: typer.Context) -> None:
+    """The main job on the embedded default: sample archive and tiny base (reused when present)."""
+    from pipelines.demo import run_demo  # torch + transformers: ~5 s, only where needed
+
+    config = _config(ctx)
+    result = run_demo(config, SampleSpec())
+    _print_manifest_summary(result.archive, result.manifest)
+    console.print(f"tiny base: {result.base}")
+
+
+def _print_manifest_summary(archive: Path, manifest: dict[str, Any]) -> None:
+    table = Table(title=f"sample archive {archive}", show_header=False)
+    table.add_row("days", f"{len(manifest['tickets_per_day'])} ({manifest['start']} … {manifest['end']})")
+    table.add_row("tickets", f"{manifest['tickets']:,}")
+    table.add_row("tenants", str(len(manifest["tenants"])))
+    for move in manifest["ownership_moves"]:
+        table.add_row("ownership move", f"{move['date']}: {move['service']} {move['from']} → {move['to']}")
+    for tenant in manifest["new_tenants"]:
+        table.add_row("new tenant", f"{tenant['date']}: {tenant['tenant']} ({', '.join(tenant['services'])})")
+    console.print(table)
+
+
+def main() -> None:
+    """Console-script entry point: user errors become one clear line on stderr."""
+    try:
+        app()
+    except OncallError as exc:
+        Console(stderr=True, soft_wrap=True).print(
+            f"error: {exc}", markup=False, highlight=False, style="bold red"
+        )
+        sys.exit(EXIT_USER_ERROR)

@@ -1,0 +1,59 @@
+"""The main job on the embedded default: sample archive → tiny base (later: train, serve, …).
+
+Re-running reuses what an earlier run already built with the same settings.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from pipelines.base_builder import init_base
+from pipelines.config import OncallConfig
+from pipelines.model import BASE_DESCRIPTOR
+from pipelines.sample_data import MANIFEST_NAME, SampleSpec, generate_archive, read_manifest
+from pipelines.schema import TextBuilder
+
+log = logging.getLogger(__name__)
+
+DEMO_PRESET = "tiny"
+
+
+@dataclass(frozen=True)
+class DemoResult:
+    archive: Path
+    base: Path
+    manifest: dict[str, Any]
+
+
+def ensure_sample_archive(archive: Path, spec: SampleSpec) -> tuple[dict[str, Any], bool]:
+    """The manifest of the sample archive for ``spec`` at ``archive`` and whether it was
+    (re)generated now rather than reused from an earlier run."""
+    if (archive / MANIFEST_NAME).is_file():
+        manifest = read_manifest(archive)
+        if manifest.get("spec") == {**asdict(spec), "start": spec.start.isoformat()}:
+            log.info("reusing the sample archive at %s", archive)
+            return manifest, False
+    log.info("generating the sample archive at %s", archive)
+    return generate_archive(spec, archive, overwrite=True), True
+
+
+def run_demo(config: OncallConfig, spec: SampleSpec) -> DemoResult:
+    archive = Path(config.archive_uri)
+    manifest, regenerated = ensure_sample_archive(archive, spec)
+    base = config.preset_bases_dir / DEMO_PRESET
+    if (base / BASE_DESCRIPTOR).is_file() and not regenerated:
+        log.info("reusing the %s base at %s", DEMO_PRESET, base)
+    else:
+        init_base(
+            DEMO_PRESET,
+            str(archive),
+            base,
+            TextBuilder.from_config(config.data),
+            vocab_size=config.model.tokenizer_vocab_size,
+            max_length=config.model.max_length,
+            overwrite=True,
+        )
+    return DemoResult(archive=archive, base=base, manifest=manifest)

@@ -1,0 +1,1 @@
+"""Ray Serve application of oncall-router (the routing endpoint)."""

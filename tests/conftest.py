@@ -1,0 +1,42 @@
+"""Shared fixtures: one small generated archive and one tiny base per test session."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+
+from pipelines.config import DataConfig
+from pipelines.sample_data import SampleSpec, generate_archive
+from pipelines.schema import TextBuilder
+
+SMALL_SPEC = SampleSpec(
+    days=10,
+    tickets_per_day=400,
+    tenants=24,
+    new_tenants=2,
+    moves=3,
+    start=dt.date(2026, 10, 1),
+    seed=7,
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark tests by folder so `make unit` / `make integration` can select them."""
+    for item in items:
+        folder = Path(str(item.fspath)).parent.name
+        if folder in ("unit", "integration"):
+            item.add_marker(getattr(pytest.mark, folder))
+
+
+@pytest.fixture(scope="session")
+def small_archive(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """A generated archive (10 days × 400 tickets, 24+2 tenants, 3 moves) and its manifest."""
+    out = tmp_path_factory.mktemp("archive")
+    return out, generate_archive(SMALL_SPEC, out)
+
+
+@pytest.fixture(scope="session")
+def text_builder() -> TextBuilder:
+    return TextBuilder.from_config(DataConfig())

@@ -1,0 +1,97 @@
+"""The console script as a user runs it: real process, real files, exit codes and messages."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+CLI = [sys.executable, "-c", "from pipelines.cli import main; main()"]
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("ONCALL_")}
+    return subprocess.run(
+        [*CLI, *args], capture_output=True, text=True, env={**environ, **(env or {})}, timeout=120
+    )
+
+
+def test_sample_data_then_validate(tmp_path: Path) -> None:
+    archive = tmp_path / "archive"
+    done = run(
+        "--data-dir",
+        str(tmp_path),
+        "sample-data",
+        "--out",
+        str(archive),
+        "--days",
+        "3",
+        "--tickets-per-day",
+        "50",
+        "--tenants",
+        "10",
+        "--moves",
+        "1",
+        "--new-tenants",
+        "1",
+    )
+    assert done.returncode == 0, done.stderr
+    assert "150" in done.stdout and "ownership move" in done.stdout
+    assert json.loads((archive / "manifest.json").read_text())["tickets"] == 150
+
+    checked = run("validate", "--archive", str(archive))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "valid rows" in checked.stdout
+
+
+def test_validate_names_bad_files_and_counts_rejected_rows(tmp_path: Path) -> None:
+    good = pa.table(
+        {
+            "ticket_id": ["a", "b", "c"],
+            "created_at": pa.array([0, 0, 0], pa.timestamp("us")),
+            "title": ["disk full", "", None],
+        }
+    )
+    for day, data in (("2026-10-01", good), ("2026-10-02", good.drop(["title"]))):
+        (tmp_path / f"date={day}").mkdir()
+        pq.write_table(data, tmp_path / f"date={day}" / "part-0.parquet")
+    done = run("validate", "--archive", str(tmp_path))
+    assert done.returncode == 1
+    assert re.search(r"rejected: empty_title\s*│\s*2\b", done.stdout), done.stdout
+    assert "date=2026-10-02/part-0.parquet: column 'title' is missing (required)" in done.stdout
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (
+            ["validate", "--archive", "/nonexistent/archive"],
+            {},
+            "archive /nonexistent/archive does not exist",
+        ),
+        (["validate"], {"ONCALL_TRAIN__EPOCHZ": "3"}, "train.epochz: unknown key"),
+        (["--config", "/nonexistent.yaml", "validate"], {}, "config file /nonexistent.yaml does not exist"),
+    ],
+)
+def test_user_errors_are_one_clear_line_without_traceback(
+    args: list[str], env: dict[str, str], message: str
+) -> None:
+    done = run(*args, env=env)
+    assert done.returncode == 2
+    assert message in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_refusing_to_overwrite_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "precious.txt").write_text("keep me")
+    done = run("sample-data", "--out", str(tmp_path), "--days", "1", "--tickets-per-day", "5")
+    assert done.returncode == 2 and "is not empty" in done.stderr
+    assert (tmp_path / "precious.txt").read_text() == "keep me"
