@@ -50,7 +50,7 @@ class DataConfig(_Section):
     )
     max_field_chars: int = Field(default=160, ge=8, description="Cap on every field but description.")
     max_description_chars: int = Field(
-        default=600, ge=16, description="Longer descriptions keep their head; the tail is cut."
+        default=400, ge=16, description="Longer descriptions keep their head; the tail is cut."
     )
     validation_days: int = Field(default=2, ge=1, description="Newest days before test: validation.")
     test_days: int = Field(default=2, ge=1, description="Newest days of the window: test.")
@@ -85,7 +85,7 @@ class ModelConfig(_Section):
         default="tiny",
         description="A preset name ('tiny') or a local Qwen3 checkpoint directory.",
     )
-    max_length: int = Field(default=192, ge=8, le=32768, description="Tokens per ticket.")
+    max_length: int = Field(default=128, ge=8, le=32768, description="Tokens per ticket.")
     finetune: Literal["lora", "full"] = "lora"
     lora: LoraConfig = LoraConfig()
     tokenizer_vocab_size: int = Field(
@@ -108,6 +108,14 @@ class TrainConfig(_Section):
     checkpoints_to_keep: int = Field(default=2, ge=1)
     max_failures: int = Field(default=1, ge=0)
     seed: int = 0
+
+
+class EvaluateConfig(_Section):
+    target_accuracy: float = Field(
+        default=0.95, gt=0, le=1, description="Accuracy the abstain threshold must reach on routed tickets."
+    )
+    top_k: int = Field(default=3, ge=1)
+    confusion_tenants: int = Field(default=20, ge=2, description="Tenants shown in the confusion matrix.")
 
 
 class RegistryConfig(_Section):
@@ -155,6 +163,7 @@ class OncallConfig(_Section):
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
     registry: RegistryConfig = RegistryConfig()
     serve: ServeConfig = ServeConfig()
     rescore: RescoreConfig = RescoreConfig()

@@ -8,6 +8,7 @@ so that nothing is downloaded, and a real checkpoint such as Qwen3-0.6B loads th
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
@@ -17,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from peft import LoraConfig as PeftLoraConfig
+from peft import PeftModel, TaskType, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     AutoConfig,
@@ -28,12 +31,20 @@ from transformers import (
     Qwen3ForSequenceClassification,
 )
 
+from pipelines.config import ModelConfig
 from pipelines.errors import ModelError
+from pipelines.labels import LabelSet
 
 log = logging.getLogger(__name__)
 
 PAD_TOKEN = "<|endoftext|>"
 BASE_DESCRIPTOR = "oncall_base.json"
+HEAD_NAME = "score"  # the classification head of Qwen3ForSequenceClassification
+# A saved classifier directory (see save_classifier).
+CLASSIFIER_DESCRIPTOR = "classifier.json"
+ADAPTER_DIR = "adapter"
+WEIGHTS_DIR = "weights"
+TOKENIZER_DIR = "tokenizer"
 
 # Architecture of each preset; ``vocab_size`` of "tiny" comes from its trained tokenizer.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -164,7 +175,8 @@ def load_tokenizer(base_dir: Path, max_length: int | None = None) -> PreTrainedT
 
     Qwen3 classifiers pool the last non-pad token, so every batch > 1 needs ``pad_token_id``.
     """
-    _check_base_dir(base_dir)
+    if not (base_dir / "tokenizer_config.json").is_file():
+        raise ModelError(f"{base_dir} holds no tokenizer (no tokenizer_config.json)")
     try:
         tokenizer = AutoTokenizer.from_pretrained(base_dir, local_files_only=True)
     except (OSError, ValueError) as exc:
@@ -194,3 +206,118 @@ def load_base_classifier(
     return Qwen3ForSequenceClassification.from_pretrained(
         base_dir, config=config, dtype=dtype, local_files_only=True
     )
+
+
+def build_classifier(
+    base_dir: Path, num_labels: int, *, pad_token_id: int, model_config: ModelConfig
+) -> torch.nn.Module:
+    """The trainable classifier: LoRA on the configured projections with the ``score`` head
+    trained fully, or (``finetune: full``) every weight trainable. One code path for both."""
+    model = load_base_classifier(base_dir, num_labels, pad_token_id=pad_token_id)
+    if model_config.finetune == "full":
+        return model
+    lora = model_config.lora
+    peft_config = PeftLoraConfig(
+        task_type=TaskType.SEQ_CLS,
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=list(lora.target_modules),
+        modules_to_save=[HEAD_NAME],
+    )
+    return get_peft_model(model, peft_config)
+
+
+def trainable_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """What training changes: the adapter and head (LoRA) or every weight (full)."""
+    if isinstance(model, PeftModel):
+        return get_peft_model_state_dict(model)
+    return model.state_dict()
+
+
+def load_trainable_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    if isinstance(model, PeftModel):
+        result = set_peft_model_state_dict(model, state)
+        if result.unexpected_keys:
+            raise ModelError(f"checkpoint holds unexpected weights: {result.unexpected_keys[:5]}")
+    else:
+        model.load_state_dict(state)
+
+
+def base_fingerprint(base_dir: Path) -> str:
+    """Identifies a base: its config and the names and sizes of its weight files.
+
+    Cheap enough for multi-GB checkpoints; an adapter is useless on any other base.
+    """
+    digest = hashlib.sha256((base_dir / "config.json").read_bytes())
+    for weights in sorted(base_dir.glob("*.safetensors")):
+        digest.update(f"{weights.name}:{weights.stat().st_size}".encode())
+    return digest.hexdigest()[:16]
+
+
+def save_classifier(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    labels: LabelSet,
+    out: Path,
+    *,
+    base_dir: Path,
+    text: dict[str, Any],
+    max_length: int,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write a self-describing classifier directory: JSON + safetensors only (no pickle)."""
+    out.mkdir(parents=True, exist_ok=True)
+    model = getattr(model, "module", model)  # unwrap DDP
+    finetune = "lora" if isinstance(model, PeftModel) else "full"
+    if finetune == "lora":
+        model.save_pretrained(out / ADAPTER_DIR)
+    else:
+        model.save_pretrained(out / WEIGHTS_DIR)
+    tokenizer.save_pretrained(out / TOKENIZER_DIR)
+    labels.save(out)
+    descriptor = {
+        "format": 1,
+        "finetune": finetune,
+        "num_labels": len(labels),
+        "max_length": max_length,
+        "text": text,
+        "base": {"path": str(base_dir.resolve()), "fingerprint": base_fingerprint(base_dir)},
+        **(extra or {}),
+    }
+    (out / CLASSIFIER_DESCRIPTOR).write_text(json.dumps(descriptor, indent=2) + "\n")
+    return out
+
+
+def read_classifier_descriptor(model_dir: Path) -> dict[str, Any]:
+    path = model_dir / CLASSIFIER_DESCRIPTOR
+    if not path.is_file():
+        raise ModelError(f"{model_dir} is not a classifier directory (no {CLASSIFIER_DESCRIPTOR})")
+    return json.loads(path.read_text())
+
+
+def load_classifier(
+    model_dir: Path, *, base_dir: Path | None = None, dtype: torch.dtype = torch.float32, merge: bool = True
+) -> tuple[torch.nn.Module, PreTrainedTokenizerBase, LabelSet, dict[str, Any]]:
+    """A saved classifier ready for inference (LoRA merged into the base weights by default:
+    1.3–1.4× faster on CPU). The base must be the one it was trained on."""
+    descriptor = read_classifier_descriptor(model_dir)
+    labels = LabelSet.load(model_dir)
+    tokenizer = load_tokenizer(model_dir / TOKENIZER_DIR, max_length=descriptor["max_length"])
+    if descriptor["finetune"] == "full":
+        model = Qwen3ForSequenceClassification.from_pretrained(
+            model_dir / WEIGHTS_DIR, dtype=dtype, local_files_only=True
+        )
+        return model.eval(), tokenizer, labels, descriptor
+    base = base_dir or Path(descriptor["base"]["path"])
+    _check_base_dir(base)
+    if base_fingerprint(base) != descriptor["base"]["fingerprint"]:
+        raise ModelError(
+            f"base {base} differs from the one {model_dir} was trained on "
+            f"(fingerprint {base_fingerprint(base)} != {descriptor['base']['fingerprint']})"
+        )
+    model = load_base_classifier(base, len(labels), pad_token_id=tokenizer.pad_token_id, dtype=dtype)
+    model = PeftModel.from_pretrained(model, model_dir / ADAPTER_DIR)
+    if merge:
+        model = model.merge_and_unload()
+    return model.eval(), tokenizer, labels, descriptor

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
@@ -43,6 +43,8 @@ TICKET_SCHEMA = pa.schema(
     ]
 )
 TICKET_COLUMNS: tuple[str, ...] = tuple(TICKET_SCHEMA.names)
+# What readers cast every file to: the same columns, nullability left to the row rules.
+TICKET_READ_SCHEMA = pa.schema([pa.field(f.name, f.type) for f in TICKET_SCHEMA])
 
 # Why a row was rejected; rejected rows are counted and kept, never silently dropped.
 REJECT_NULL_TICKET_ID = "null_ticket_id"
@@ -128,8 +130,7 @@ def conform_table(table: pa.Table, source: str) -> pa.Table:
         if pa.types.is_dictionary(column.type):
             column = column.cast(column.type.value_type)
         columns.append(column.cast(field.type))
-    fields = [pa.field(f.name, f.type) for f in TICKET_SCHEMA]
-    return pa.Table.from_arrays(columns, schema=pa.schema(fields))
+    return pa.Table.from_arrays(columns, schema=TICKET_READ_SCHEMA)
 
 
 def split_valid_rows(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -177,6 +178,14 @@ class TextBuilder:
             max_field_chars=data.max_field_chars,
             max_description_chars=data.max_description_chars,
         )
+
+    def settings(self) -> dict[str, Any]:
+        """JSON-able settings, stored with a classifier so every path builds the same text."""
+        return {**asdict(self), "fields": list(self.fields)}
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any]) -> TextBuilder:
+        return cls(**{**settings, "fields": tuple(settings["fields"])})
 
     def build(self, ticket: Mapping[str, Any]) -> str:
         parts = []

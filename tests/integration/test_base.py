@@ -62,8 +62,10 @@ def test_rebuild_needs_overwrite(
 
 
 def test_missing_or_foreign_base_is_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(ModelError, match=r"no config\.json"):
+    with pytest.raises(ModelError, match="holds no tokenizer"):
         load_tokenizer(tmp_path)
+    with pytest.raises(ModelError, match=r"no config\.json.*init-base"):
+        load_base_classifier(tmp_path, 3, pad_token_id=0)
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
     with pytest.raises(ModelError, match="expected 'qwen3'"):
         load_base_classifier(tmp_path, 3, pad_token_id=0)

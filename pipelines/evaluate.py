@@ -1,0 +1,192 @@
+"""Evaluation of a classifier's scores: ranking, per-tenant quality, calibration, coverage.
+
+Pure numpy/pandas on (probabilities, true ids); the abstain threshold chosen here is the one
+the server uses: below it a ticket goes to human triage.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import f1_score, precision_recall_fscore_support
+
+from pipelines.labels import LabelSet
+
+log = logging.getLogger(__name__)
+
+CALIBRATION_BINS = 15
+
+
+@dataclass
+class Evaluation:
+    metrics: dict[str, float]
+    per_tenant: pd.DataFrame  # tenant, support, precision, recall, f1
+    coverage: pd.DataFrame  # threshold, coverage, accuracy (most confident first)
+    reliability: pd.DataFrame  # bin, confidence, accuracy, count
+    confusion: pd.DataFrame  # counts among the most frequent tenants (rows: true, columns: predicted)
+
+
+def evaluate_scores(
+    probabilities: np.ndarray,
+    true_ids: np.ndarray,
+    labels: LabelSet,
+    *,
+    target_accuracy: float,
+    top_k: int = 3,
+    confusion_tenants: int = 20,
+) -> Evaluation:
+    """``probabilities``: (n, classes), rows summing to 1; ``true_ids``: (n,) class ids."""
+    if len(true_ids) == 0:
+        raise ValueError("nothing to evaluate: the evaluation set is empty")
+    predicted = probabilities.argmax(axis=1)
+    confidence = probabilities.max(axis=1)
+    correct = predicted == true_ids
+    k = min(top_k, probabilities.shape[1])
+    top_k_ids = np.argsort(-probabilities, axis=1)[:, :k]
+    present = np.unique(true_ids)
+    coverage = _coverage_curve(confidence, correct)
+    threshold, covered = _abstain_threshold(coverage, target_accuracy)
+    reliability = _reliability(confidence, correct)
+    metrics = {
+        "examples": float(len(true_ids)),
+        "top1": float(correct.mean()),
+        f"top{k}": float((top_k_ids == true_ids[:, None]).any(axis=1).mean()),
+        "macro_f1": float(f1_score(true_ids, predicted, labels=present, average="macro", zero_division=0)),
+        "ece": float(
+            (reliability["count"] * (reliability["confidence"] - reliability["accuracy"]).abs()).sum()
+            / len(true_ids)
+        ),
+        "majority_baseline_top1": float(np.bincount(true_ids).max() / len(true_ids)),
+        "abstain_threshold": threshold,
+        "coverage_at_threshold": covered,
+        "target_accuracy": target_accuracy,
+    }
+    return Evaluation(
+        metrics=metrics,
+        per_tenant=_per_tenant(true_ids, predicted, labels),
+        coverage=coverage,
+        reliability=reliability,
+        confusion=_confusion(true_ids, predicted, labels, confusion_tenants),
+    )
+
+
+def _coverage_curve(confidence: np.ndarray, correct: np.ndarray) -> pd.DataFrame:
+    order = np.argsort(-confidence, kind="stable")
+    answered = np.arange(1, len(order) + 1)
+    return pd.DataFrame(
+        {
+            "threshold": confidence[order],
+            "coverage": answered / len(order),
+            "accuracy": np.cumsum(correct[order]) / answered,
+        }
+    )
+
+
+def _abstain_threshold(coverage: pd.DataFrame, target_accuracy: float) -> tuple[float, float]:
+    """The lowest confidence whose answered set still reaches the target accuracy (the largest
+    coverage that does); 1.0 (abstain on everything) when no set reaches it."""
+    reaching = coverage.index[coverage["accuracy"] >= target_accuracy]
+    if len(reaching) == 0:
+        return 1.0, 0.0
+    last = reaching.max()
+    return float(coverage.at[last, "threshold"]), float(coverage.at[last, "coverage"])
+
+
+def _reliability(confidence: np.ndarray, correct: np.ndarray) -> pd.DataFrame:
+    bins = np.minimum((confidence * CALIBRATION_BINS).astype(int), CALIBRATION_BINS - 1)
+    frame = pd.DataFrame({"bin": bins, "confidence": confidence, "correct": correct.astype(float)})
+    grouped = frame.groupby("bin").agg(
+        confidence=("confidence", "mean"), accuracy=("correct", "mean"), count=("correct", "size")
+    )
+    return grouped.reset_index()
+
+
+def _per_tenant(true_ids: np.ndarray, predicted: np.ndarray, labels: LabelSet) -> pd.DataFrame:
+    ids = np.union1d(np.unique(true_ids), np.unique(predicted))
+    precision, recall, f1, support = precision_recall_fscore_support(
+        true_ids, predicted, labels=ids, zero_division=0
+    )
+    frame = pd.DataFrame(
+        {
+            "tenant": [labels.tenants[i] for i in ids],
+            "support": support,
+            "precision": precision,
+            "recall": recall,
+            "f1": f1,
+        }
+    )
+    return frame.sort_values(["support", "tenant"], ascending=[False, True], ignore_index=True)
+
+
+def _confusion(true_ids: np.ndarray, predicted: np.ndarray, labels: LabelSet, top_n: int) -> pd.DataFrame:
+    frequent = pd.Series(true_ids).value_counts().index[:top_n].to_numpy()
+    names = [labels.tenants[i] for i in frequent]
+    matrix = pd.crosstab(
+        pd.Categorical([labels.tenants[i] for i in true_ids], categories=names),
+        pd.Categorical([labels.tenants[i] for i in predicted], categories=names),
+        dropna=False,
+    )
+    matrix.index.name, matrix.columns.name = "true", "predicted"
+    return matrix
+
+
+def write_report(evaluation: Evaluation, out: Path) -> list[Path]:
+    """CSV tables and PNG plots of an evaluation into ``out`` (for MLflow artifacts)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    written = [out / "per_tenant.csv", out / "coverage.csv"]
+    evaluation.per_tenant.to_csv(written[0], index=False)
+    evaluation.coverage.iloc[:: max(1, len(evaluation.coverage) // 500)].to_csv(written[1], index=False)
+
+    figure, axis = plt.subplots(figsize=(9, 8))
+    image = axis.imshow(evaluation.confusion.to_numpy(), cmap="Blues")
+    axis.set_xticks(
+        range(len(evaluation.confusion.columns)), evaluation.confusion.columns, rotation=90, fontsize=7
+    )
+    axis.set_yticks(range(len(evaluation.confusion.index)), evaluation.confusion.index, fontsize=7)
+    axis.set_xlabel("predicted tenant")
+    axis.set_ylabel("true tenant")
+    axis.set_title("Confusion matrix (most frequent tenants)")
+    figure.colorbar(image)
+    written.append(_save(figure, out / "confusion_matrix.png"))
+
+    figure, axis = plt.subplots(figsize=(6, 6))
+    axis.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfect calibration")
+    axis.plot(
+        evaluation.reliability["confidence"], evaluation.reliability["accuracy"], marker="o", label="model"
+    )
+    axis.set_xlabel("confidence")
+    axis.set_ylabel("accuracy")
+    axis.set_title(f"Reliability (ECE {evaluation.metrics['ece']:.3f})")
+    axis.legend()
+    written.append(_save(figure, out / "reliability.png"))
+
+    figure, axis = plt.subplots(figsize=(7, 5))
+    axis.plot(evaluation.coverage["coverage"], evaluation.coverage["accuracy"])
+    axis.axhline(evaluation.metrics["target_accuracy"], linestyle="--", color="grey", label="target accuracy")
+    axis.axvline(
+        evaluation.metrics["coverage_at_threshold"], linestyle=":", color="red", label="abstain threshold"
+    )
+    axis.set_xlabel("coverage (share of tickets routed automatically)")
+    axis.set_ylabel("accuracy of routed tickets")
+    axis.set_title(f"Accuracy vs coverage (threshold {evaluation.metrics['abstain_threshold']:.3f})")
+    axis.legend()
+    written.append(_save(figure, out / "coverage.png"))
+    return written
+
+
+def _save(figure: object, path: Path) -> Path:
+    from matplotlib import pyplot as plt
+
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
