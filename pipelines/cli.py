@@ -70,8 +70,10 @@ def main_options(
     ctx.obj = {"config_file": config, "overrides": {"data_dir": data_dir}}
 
 
-def _config(ctx: typer.Context, **overrides: Any) -> OncallConfig:
-    return load_config(ctx.obj["config_file"], overrides={**ctx.obj["overrides"], **overrides})
+def _config(ctx: typer.Context, *profiles: Path, **overrides: Any) -> OncallConfig:
+    """Configuration of a command: profiles (e.g. the demo's) below the user's --config."""
+    user_file = (ctx.obj["config_file"],) if ctx.obj["config_file"] else ()
+    return load_config(*profiles, *user_file, overrides={**ctx.obj["overrides"], **overrides})
 
 
 def _date(value: dt.datetime | None) -> dt.date | None:
@@ -169,15 +171,101 @@ def validate_command(
         raise typer.Exit(EXIT_VALIDATION_FAILED)
 
 
-@app.command("demo")
-def demo(ctx: typer.Context) -> None:
-    """The main job on the embedded default: sample archive and tiny base (reused when present)."""
-    from pipelines.demo import run_demo  # torch + transformers: ~5 s, only where needed
+@app.command("train")
+def train_command(
+    ctx: typer.Context,
+    archive: Annotated[str | None, typer.Option(help="Archive URI. Default: data.archive.")] = None,
+    since: DateOption = None,
+    until: DateOption = None,
+    workers: Annotated[int | None, typer.Option(min=1, help="Ray Train workers (train.workers).")] = None,
+    gpu: Annotated[
+        bool | None, typer.Option("--gpu/--cpu", help="One GPU per worker (train.use_gpu).")
+    ] = None,
+    epochs: Annotated[int | None, typer.Option(min=1, help="train.epochs")] = None,
+    base: Annotated[
+        str | None, typer.Option(help="'tiny' (a built preset) or a local Qwen3 directory.")
+    ] = None,
+) -> None:
+    """Train a tenant classifier on the resolved tickets of the window, evaluate it on the newest
+    days, log everything to MLflow; prints the run id and the headline metrics."""
+    from pipelines.train import TrainRequest, resolve_base, train  # Ray + torch: only where needed
+
+    config = _config(
+        ctx, **{"train.workers": workers, "train.use_gpu": gpu, "train.epochs": epochs, "model.base": base}
+    )
+    request = TrainRequest(
+        archive_uri=archive or config.archive_uri,
+        base_dir=resolve_base(config),
+        since=_date(since),
+        until=_date(until),
+    )
+    _print_training(config, train(config, request))
+
+
+@app.command("evaluate")
+def evaluate_command(
+    ctx: typer.Context,
+    run_id: Annotated[str, typer.Option(help="MLflow run id printed by 'train'.")],
+    archive: Annotated[str | None, typer.Option(help="Default: the archive the run trained on.")] = None,
+    since: DateOption = None,
+    until: DateOption = None,
+) -> None:
+    """Evaluate a trained run's classifier (default: on its own test days) and log the report to
+    the run (metrics eval_*, artifacts evaluation/<window>/)."""
+    from pipelines.evaluate_run import evaluate_run  # Ray + torch: only where needed
 
     config = _config(ctx)
-    result = run_demo(config, SampleSpec())
+    evaluation, details = evaluate_run(config, run_id, archive, _date(since), _date(until))
+    table = Table(title=f"evaluation of run {run_id}", show_header=False)
+    table.add_row("archive", str(details["archive"]))
+    table.add_row("days", ", ".join(str(day) for day in details["days"]))
+    table.add_row("rows of tenants the model cannot know", str(details["unseen_tenant_rows"]))
+    _add_metric_rows(table, evaluation.metrics)
+    console.print(table)
+    worst = evaluation.per_tenant[evaluation.per_tenant["support"] >= 5].nsmallest(5, "f1")
+    if not worst.empty:
+        console.print(
+            "lowest F1 (support >= 5): " + ", ".join(f"{r.tenant} {r.f1:.2f}" for r in worst.itertuples())
+        )
+
+
+def _print_training(config: OncallConfig, result: Any) -> None:
+    split = result.split
+    table = Table(title=f"MLflow run {result.run_id}", show_header=False)
+    table.add_row("tracking URI", config.tracking_uri)
+    table.add_row("train days", f"{split.train[0]} … {split.train[-1]}")
+    table.add_row("validation days", f"{split.validation[0]} … {split.validation[-1]}")
+    table.add_row("test days", f"{split.test[0]} … {split.test[-1]}")
+    table.add_row("tenants", str(len(result.labels)))
+    for name, value in result.stats.as_metrics().items():
+        table.add_row(name, f"{int(value):,}")
+    table.add_row(
+        "optimizer steps",
+        f"{result.progress.get('step')} (resumed from {result.progress.get('resumed_from_step')})",
+    )
+    _add_metric_rows(table, result.headline)
+    console.print(table)
+    console.print(f"model: {result.model_uri}")
+
+
+def _add_metric_rows(table: Table, metrics: dict[str, float]) -> None:
+    for name, value in metrics.items():
+        table.add_row(name, f"{value:.4f}" if isinstance(value, float) and abs(value) < 10 else f"{value:g}")
+
+
+@app.command("demo")
+def demo(ctx: typer.Context) -> None:
+    """The main job on the embedded default: sample archive and tiny base (reused when present),
+    then a first training run on the archive's first 20 days."""
+    from pipelines.config import DEMO_CONFIG_FILE
+    from pipelines.demo import run_demo  # Ray + torch: only where needed
+
+    config = _config(ctx, DEMO_CONFIG_FILE)
+    result = run_demo(config)
     _print_manifest_summary(result.archive, result.manifest)
     console.print(f"tiny base: {result.base}")
+    _print_training(config, result.training)
+    console.print(f"MLflow UI: mlflow ui --backend-store-uri {config.tracking_uri}")
 
 
 def _print_manifest_summary(archive: Path, manifest: dict[str, Any]) -> None:

@@ -32,7 +32,10 @@ ENV_ALIASES: dict[str, tuple[str, ...]] = {
 # Variables with the prefix that are not configuration (read by the test-suite or the CLI).
 ENV_NOT_CONFIG = ("ONCALL_TEST_", "ONCALL_CONFIG", "ONCALL_LOG_LEVEL")
 
-DEFAULT_CONFIG_FILE = Path(__file__).resolve().parent.parent / "platform" / "config" / "default.yaml"
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "platform" / "config"
+DEFAULT_CONFIG_FILE = CONFIG_DIR / "default.yaml"
+# The demo's overlay: a smaller model input and fewer epochs, so `make demo` fits in minutes.
+DEMO_CONFIG_FILE = CONFIG_DIR / "demo.yaml"
 
 
 class _Section(BaseModel):
@@ -201,13 +204,13 @@ class OncallConfig(_Section):
 
 
 def load_config(
-    config_file: Path | None = None,
-    *,
+    *config_files: Path,
     environ: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
     default_file: Path = DEFAULT_CONFIG_FILE,
 ) -> OncallConfig:
-    """Merge defaults, YAML files, environment and explicit overrides into one validated tree.
+    """Merge defaults, YAML files (later ones win), environment and explicit overrides into one
+    validated tree.
 
     ``overrides`` uses dotted keys (``{"train.epochs": 2, "data_dir": "/x"}``); ``None`` values
     are ignored so CLI options that were not given do not override anything.
@@ -216,7 +219,7 @@ def load_config(
     merged: dict[str, Any] = {}
     if default_file.is_file():
         _deep_merge(merged, _read_yaml(default_file))
-    if config_file is not None:
+    for config_file in config_files:
         if not config_file.is_file():
             raise ConfigError(f"config file {config_file} does not exist")
         _deep_merge(merged, _read_yaml(config_file))

@@ -1,10 +1,12 @@
-"""The main job on the embedded default: sample archive → tiny base (later: train, serve, …).
+"""The main job on the embedded default: sample archive → tiny base → first training run.
 
-Re-running reuses what an earlier run already built with the same settings.
+The archive and base are reused when an earlier run built them with the same settings; the
+first two thirds of the archive's days are trained on, the rest is left for the nightly loop.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -15,10 +17,15 @@ from pipelines.config import OncallConfig
 from pipelines.model import BASE_DESCRIPTOR
 from pipelines.sample_data import MANIFEST_NAME, SampleSpec, generate_archive, read_manifest
 from pipelines.schema import TextBuilder
+from pipelines.train import TrainRequest, TrainResult, train
 
 log = logging.getLogger(__name__)
 
 DEMO_PRESET = "tiny"
+# 30 days × 400 tickets, 80 tenants: big enough to be a real routing problem, small enough
+# to train on 2 CPU cores in a couple of minutes.
+DEMO_SPEC = SampleSpec(days=30, tickets_per_day=400, tenants=80, new_tenants=3, moves=6)
+DEMO_TRAIN_DAYS = 20
 
 
 @dataclass(frozen=True)
@@ -26,6 +33,7 @@ class DemoResult:
     archive: Path
     base: Path
     manifest: dict[str, Any]
+    training: TrainResult
 
 
 def ensure_sample_archive(archive: Path, spec: SampleSpec) -> tuple[dict[str, Any], bool]:
@@ -40,7 +48,7 @@ def ensure_sample_archive(archive: Path, spec: SampleSpec) -> tuple[dict[str, An
     return generate_archive(spec, archive, overwrite=True), True
 
 
-def run_demo(config: OncallConfig, spec: SampleSpec) -> DemoResult:
+def run_demo(config: OncallConfig, spec: SampleSpec = DEMO_SPEC) -> DemoResult:
     archive = Path(config.archive_uri)
     manifest, regenerated = ensure_sample_archive(archive, spec)
     base = config.preset_bases_dir / DEMO_PRESET
@@ -56,4 +64,9 @@ def run_demo(config: OncallConfig, spec: SampleSpec) -> DemoResult:
             max_length=config.model.max_length,
             overwrite=True,
         )
-    return DemoResult(archive=archive, base=base, manifest=manifest)
+    until = spec.start + dt.timedelta(days=min(DEMO_TRAIN_DAYS, spec.days) - 1)
+    log.info("training on %s … %s", spec.start, until)
+    training = train(
+        config, TrainRequest(archive_uri=str(archive), base_dir=base, since=spec.start, until=until)
+    )
+    return DemoResult(archive=archive, base=base, manifest=manifest, training=training)

@@ -125,11 +125,12 @@ def _per_tenant(true_ids: np.ndarray, predicted: np.ndarray, labels: LabelSet) -
 def _confusion(true_ids: np.ndarray, predicted: np.ndarray, labels: LabelSet, top_n: int) -> pd.DataFrame:
     frequent = pd.Series(true_ids).value_counts().index[:top_n].to_numpy()
     names = [labels.tenants[i] for i in frequent]
-    matrix = pd.crosstab(
-        pd.Categorical([labels.tenants[i] for i in true_ids], categories=names),
-        pd.Categorical([labels.tenants[i] for i in predicted], categories=names),
-        dropna=False,
-    )
+    shown = set(frequent.tolist())
+
+    def among_shown(ids: np.ndarray) -> pd.Categorical:
+        return pd.Categorical([labels.tenants[i] if i in shown else None for i in ids], categories=names)
+
+    matrix = pd.crosstab(among_shown(true_ids), among_shown(predicted), dropna=False)
     matrix.index.name, matrix.columns.name = "true", "predicted"
     return matrix
 

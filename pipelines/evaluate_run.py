@@ -69,10 +69,11 @@ def log_evaluation(
 
 
 def labelled_rows(
-    archive_uri: str, config: OncallConfig, since: dt.date | None, until: dt.date | None
+    archive_uri: str, builder: TextBuilder, since: dt.date | None, until: dt.date | None
 ) -> pd.DataFrame:
-    """Valid, labelled tickets of a window as model text, on the driver (keep windows small)."""
-    prepared = read_window(archive_uri, TextBuilder.from_config(config.data), since, until)
+    """Valid, labelled tickets of a window as model text, on the driver (keep windows small).
+    ``builder`` must be the classifier's own, so the text matches what it was trained on."""
+    prepared = read_window(archive_uri, builder, since, until)
     return prepared.filter(
         lambda row: row[REJECT_REASON_COLUMN] is None and row[LABEL_COLUMN] is not None
     ).to_pandas()
@@ -107,7 +108,7 @@ def evaluate_run(
         archive = archive_uri or client.get_run(run_id).data.params.get("archive") or config.archive_uri
         classifier = TicketClassifier.from_dir(model_dir)
         with ray_session():
-            rows = labelled_rows(archive, config, since, until)
+            rows = labelled_rows(archive, classifier.text_builder, since, until)
         evaluation, unseen = score_rows(classifier, rows, config)
     window = f"{since or 'start'}_{until or 'end'}"
     log_evaluation(client, run_id, evaluation, "eval", f"{EVALUATION_ARTIFACT}/{window}")

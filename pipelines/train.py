@@ -14,7 +14,6 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ import ray.data
 import ray.train
 import ray.train.torch
 import torch
+from ray.data.collate_fn import NumpyBatchCollateFn
 from safetensors.torch import load_file, save_file
 
 from pipelines import trainer_core
@@ -332,12 +332,8 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     weights = weights.to(device) if weights is not None else None
     tracker = _RankZeroTracker(loop_config["tracking_uri"], loop_config["run_id"]) if rank == 0 else None
     fault = FaultInjection(**loop_config["fault"]) if loop_config["fault"] else None
-    pad_token_id = loop_config["pad_token_id"]
 
-    def collate(batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
-        tensors = trainer_core.pad_batch(batch["input_ids"], pad_token_id)
-        tensors["labels"] = torch.tensor(batch["labels"], dtype=torch.long)
-        return {name: tensor.to(device) for name, tensor in tensors.items()}
+    collate = PadCollate(loop_config["pad_token_id"], device)
 
     train_shard = ray.train.get_dataset_shard("train")
     validation_shard = ray.train.get_dataset_shard("validation")
@@ -386,10 +382,23 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         _report(metrics, progress, bare_model, optimizer, scheduler, rank)
 
 
+class PadCollate(NumpyBatchCollateFn):
+    """Ray Data batch → padded tensors on the worker's device (dynamic padding per batch)."""
+
+    def __init__(self, pad_token_id: int, device: torch.device) -> None:
+        self.pad_token_id = pad_token_id
+        self.device = device
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        tensors = trainer_core.pad_batch(batch["input_ids"], self.pad_token_id)
+        tensors["labels"] = torch.tensor(batch["labels"], dtype=torch.long)
+        return {name: tensor.to(self.device) for name, tensor in tensors.items()}
+
+
 def _validation_metrics(
     model: torch.nn.Module,
     shard: ray.data.DataIterator,
-    collate: Callable[[dict[str, np.ndarray]], dict[str, torch.Tensor]],
+    collate: PadCollate,
     weights: torch.Tensor | None,
     autocast_dtype: torch.dtype | None,
 ) -> dict[str, float]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -40,3 +41,27 @@ def small_archive(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]
 @pytest.fixture(scope="session")
 def text_builder() -> TextBuilder:
     return TextBuilder.from_config(DataConfig())
+
+
+@pytest.fixture(scope="session")
+def tiny_base(
+    tmp_path_factory: pytest.TempPathFactory, small_archive: tuple[Path, dict], text_builder: TextBuilder
+) -> Path:
+    """A tiny base whose 2,000-token tokenizer is trained on the small archive."""
+    from pipelines.base_builder import init_base
+
+    out = tmp_path_factory.mktemp("bases") / "tiny"
+    return init_base("tiny", str(small_archive[0]), out, text_builder, vocab_size=2000, max_length=128)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[None]:
+    """One local Ray for the whole session; jobs see it initialised and reuse it."""
+    import ray
+
+    from pipelines.ray_runtime import MIN_LOCAL_LOGICAL_CPUS
+
+    ray.init(num_cpus=MIN_LOCAL_LOGICAL_CPUS, include_dashboard=False, log_to_driver=True)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    yield
+    ray.shutdown()

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.config import DEFAULT_CONFIG_FILE, OncallConfig, load_config
+from pipelines.config import DEFAULT_CONFIG_FILE, DEMO_CONFIG_FILE, OncallConfig, load_config
 from pipelines.errors import ConfigError
 
 
@@ -100,3 +100,11 @@ def test_unreadable_files_are_named(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="must hold a mapping"):
         load_config(write(tmp_path, "- a\n- b\n"), environ={})
     assert load_config(write(tmp_path, ""), environ={}) == OncallConfig()
+
+
+def test_later_files_win_and_the_demo_overlay_is_valid(tmp_path: Path) -> None:
+    demo = load_config(DEMO_CONFIG_FILE, environ={})
+    assert demo.train.epochs == 2 and demo.model.max_length == 64
+    assert demo.train.lr == OncallConfig().train.lr  # only what the overlay names changes
+    user = load_config(DEMO_CONFIG_FILE, write(tmp_path, "train:\n  epochs: 4\n"), environ={})
+    assert user.train.epochs == 4 and user.model.max_length == 64
