@@ -225,7 +225,7 @@ def tokenized_splits(
     }
 
 
-def test_rows(prepared: ray.data.Dataset, split: TimeSplit) -> pd.DataFrame:
+def held_out_rows(prepared: ray.data.Dataset, split: TimeSplit) -> pd.DataFrame:
     """The test days' valid, labelled rows on the driver (small: a couple of days)."""
     test_days = set(split.test)
     return prepared.filter(

@@ -32,9 +32,9 @@ from pipelines.data import (
     TimeSplit,
     WindowStats,
     count_window,
+    held_out_rows,
     read_window,
     summarise,
-    test_rows,
     tokenized_splits,
     train_labels,
 )
@@ -44,6 +44,7 @@ from pipelines.evaluate_run import EVALUATION_ARTIFACT, MODEL_ARTIFACT, log_eval
 from pipelines.labels import LabelSet
 from pipelines.model import (
     CLASSIFIER_DESCRIPTOR,
+    PRESETS,
     build_classifier,
     load_tokenizer,
     load_trainable_state,
@@ -110,8 +111,6 @@ class TrainResult:
 
 def resolve_base(config: OncallConfig, base: str | None = None) -> Path:
     """``model.base`` (or ``base``): a preset name built by init-base, or a local directory."""
-    from pipelines.model import PRESETS
-
     name = base or config.model.base
     path = config.preset_bases_dir / name if name in PRESETS else Path(name)
     if not (path / "config.json").is_file():
@@ -206,7 +205,7 @@ def _train(config: OncallConfig, request: TrainRequest) -> TrainResult:
                 result.checkpoint, model_dir, config, request, labels, tokenizer, builder, split
             )
             evaluation, _ = score_rows(
-                TicketClassifier.from_dir(model_dir), test_rows(prepared, split), config
+                TicketClassifier.from_dir(model_dir), held_out_rows(prepared, split), config
             )
             _write_descriptor_fields(
                 model_dir, {"abstain_threshold": evaluation.metrics["abstain_threshold"]}
@@ -441,6 +440,9 @@ def _report(
 def _maybe_fail(fault: FaultInjection | None, step: int, rank: int, world_size: int) -> None:
     if fault is None or step != fault.at_step or rank != world_size - 1 or fault.marker.exists():
         return
+    # Die only once the last report is registered: a process lost within a second or two of
+    # ray.train.report can otherwise restart from the checkpoint before (seen here).
+    ray.train.get_all_reported_checkpoints()
     fault.marker.write_text(f"worker rank {rank} killed itself at step {step}\n")
     log.warning("fault injection: rank %d exits at step %d", rank, step)
     os._exit(1)

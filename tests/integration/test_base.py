@@ -19,14 +19,6 @@ from pipelines.schema import TextBuilder
 MIXED = "title: payment-gateway 在集群 sg1 出现大量 timeout | cluster: sg1"
 
 
-@pytest.fixture(scope="module")
-def tiny_base(
-    tmp_path_factory: pytest.TempPathFactory, small_archive: tuple[Path, dict], text_builder: TextBuilder
-) -> Path:
-    out = tmp_path_factory.mktemp("bases") / "tiny"
-    return init_base("tiny", str(small_archive[0]), out, text_builder, vocab_size=2000, max_length=128)
-
-
 def test_tiny_base_is_a_standard_offline_hugging_face_directory(tiny_base: Path) -> None:
     config = AutoConfig.from_pretrained(tiny_base, local_files_only=True)
     assert config.model_type == "qwen3" and config.num_key_value_heads < config.num_attention_heads  # GQA
