@@ -10,6 +10,7 @@ import datetime as dt
 import logging
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -37,7 +38,8 @@ def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
     try:
         return pafs.FileSystem.from_uri(uri)
     except (pa.ArrowInvalid, ValueError):
-        return pafs.LocalFileSystem(), uri
+        # A relative local path: absolute, since Ray tasks do not share the driver's cwd.
+        return pafs.LocalFileSystem(), str(Path(uri).resolve())
 
 
 def partition_dir(archive_uri: str, day: dt.date) -> str:

@@ -185,6 +185,9 @@ def train_command(
     base: Annotated[
         str | None, typer.Option(help="'tiny' (a built preset) or a local Qwen3 directory.")
     ] = None,
+    register: Annotated[
+        bool, typer.Option(help="Register the classifier as a new version with alias 'challenger'.")
+    ] = True,
 ) -> None:
     """Train a tenant classifier on the resolved tickets of the window, evaluate it on the newest
     days, log everything to MLflow; prints the run id and the headline metrics."""
@@ -198,6 +201,7 @@ def train_command(
         base_dir=resolve_base(config),
         since=_date(since),
         until=_date(until),
+        register=register,
     )
     _print_training(config, train(config, request))
 
@@ -229,6 +233,53 @@ def evaluate_command(
         )
 
 
+@app.command("promote")
+def promote_command(
+    ctx: typer.Context,
+    version: Annotated[str | None, typer.Option(help="Version to gate. Default: alias 'challenger'.")] = None,
+    force: Annotated[
+        bool, typer.Option(help="Promote even if the gate rejects it (the reason is logged).")
+    ] = False,
+    reason: Annotated[str, typer.Option(help="Why --force was needed.")] = "",
+) -> None:
+    """Gate a version against the champion on the same tickets; promote it (alias 'champion',
+    the old one becomes 'previous') only if it passes. Exit 1 when rejected."""
+    from pipelines.promotion import promote  # Ray + torch: only where needed
+
+    config = _config(ctx)
+    decision = promote(config, version, force=force, reason=reason)
+    _print_decision(config, decision)
+    if not decision.promoted:
+        raise typer.Exit(EXIT_VALIDATION_FAILED)
+
+
+@app.command("rollback")
+def rollback_command(ctx: typer.Context) -> None:
+    """Move alias 'champion' back to the previous champion (alias 'previous')."""
+    from pipelines.promotion import rollback
+
+    config = _config(ctx)
+    rolled_back, restored = rollback(config)
+    console.print(f"{config.registry.model_name}: champion {rolled_back} → {restored}")
+
+
+def _print_decision(config: OncallConfig, decision: Any) -> None:
+    verdict = "PROMOTED to champion" if decision.promoted else "REJECTED (stays registered, never serves)"
+    table = Table(
+        title=f"{config.registry.model_name} version {decision.version}: {verdict}", show_header=False
+    )
+    table.add_row("champion before", decision.champion or "none")
+    for text in decision.reasons:
+        table.add_row("reason", text)
+    for row in decision.regressions:
+        table.add_row(
+            "regression",
+            f"{row['tenant']}: recall {row['champion_recall']:.2f} → {row['challenger_recall']:.2f} (n={row['support']})",
+        )
+    _add_metric_rows(table, decision.metrics)
+    console.print(table)
+
+
 def _print_training(config: OncallConfig, result: Any) -> None:
     split = result.split
     table = Table(title=f"MLflow run {result.run_id}", show_header=False)
@@ -246,6 +297,8 @@ def _print_training(config: OncallConfig, result: Any) -> None:
     _add_metric_rows(table, result.headline)
     console.print(table)
     console.print(f"model: {result.model_uri}")
+    if result.version:
+        console.print(f"registered: models:/{config.registry.model_name}/{result.version} (alias challenger)")
 
 
 def _add_metric_rows(table: Table, metrics: dict[str, float]) -> None:
@@ -265,6 +318,7 @@ def demo(ctx: typer.Context) -> None:
     _print_manifest_summary(result.archive, result.manifest)
     console.print(f"tiny base: {result.base}")
     _print_training(config, result.training)
+    _print_decision(config, result.decision)
     console.print(f"MLflow UI: mlflow ui --backend-store-uri {config.tracking_uri}")
 
 

@@ -129,6 +129,17 @@ class RegistryConfig(_Section):
     experiment: str = Field(default="train", min_length=1)
 
 
+class PromotionConfig(_Section):
+    """Rules of the gate that moves alias ``champion`` to a challenger."""
+
+    top1_tolerance: float = Field(default=0.01, ge=0, le=1, description="Allowed top-1 drop vs the champion.")
+    recall_drop: float = Field(default=0.10, ge=0, le=1, description="Allowed recall drop of one tenant.")
+    min_support: int = Field(default=20, ge=1, description="Tenants with fewer test tickets are not judged.")
+    first_version_margin: float = Field(
+        default=0.20, ge=0, le=1, description="A first version must beat the majority baseline by this."
+    )
+
+
 class ServeConfig(_Section):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
@@ -162,15 +173,24 @@ class NightlyConfig(_Section):
 
 
 class OncallConfig(_Section):
-    data_dir: Path = Field(default=Path(".oncall"), description="Every embedded store lives here.")
+    data_dir: Path = Field(
+        default=Path(".oncall"), validate_default=True, description="Every embedded store lives here."
+    )
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     registry: RegistryConfig = RegistryConfig()
+    promotion: PromotionConfig = PromotionConfig()
     serve: ServeConfig = ServeConfig()
     rescore: RescoreConfig = RescoreConfig()
     nightly: NightlyConfig = NightlyConfig()
+
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute_data_dir(cls, data_dir: Path) -> Path:
+        """Absolute, because Ray workers and actors do not run in the caller's directory."""
+        return data_dir.expanduser().resolve()
 
     # Embedded stores, all under data_dir unless configured otherwise.
     @property
@@ -179,7 +199,7 @@ class OncallConfig(_Section):
 
     @property
     def tracking_uri(self) -> str:
-        return self.registry.tracking_uri or f"sqlite:///{self.data_dir.resolve()}/mlflow.db"
+        return self.registry.tracking_uri or f"sqlite:///{self.data_dir}/mlflow.db"
 
     @property
     def artifacts_dir(self) -> Path:
@@ -191,7 +211,7 @@ class OncallConfig(_Section):
 
     @property
     def feedback_db_url(self) -> str:
-        return self.serve.feedback_db_url or f"sqlite:///{self.data_dir.resolve()}/feedback.db"
+        return self.serve.feedback_db_url or f"sqlite:///{self.data_dir}/feedback.db"
 
     @property
     def rescore_out(self) -> str:

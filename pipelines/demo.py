@@ -1,4 +1,6 @@
-"""The main job on the embedded default: sample archive → tiny base → first training run.
+"""The main job on the embedded default: sample archive → tiny base → training run →
+registered version → promotion gate (the first version becomes champion when it beats the
+majority-class baseline).
 
 The archive and base are reused when an earlier run built them with the same settings; the
 first two thirds of the archive's days are trained on, the rest is left for the nightly loop.
@@ -15,6 +17,7 @@ from typing import Any
 from pipelines.base_builder import init_base
 from pipelines.config import OncallConfig
 from pipelines.model import BASE_DESCRIPTOR
+from pipelines.promotion import Decision, promote
 from pipelines.sample_data import MANIFEST_NAME, SampleSpec, generate_archive, read_manifest
 from pipelines.schema import TextBuilder
 from pipelines.train import TrainRequest, TrainResult, train
@@ -34,6 +37,7 @@ class DemoResult:
     base: Path
     manifest: dict[str, Any]
     training: TrainResult
+    decision: Decision
 
 
 def ensure_sample_archive(archive: Path, spec: SampleSpec) -> tuple[dict[str, Any], bool]:
@@ -69,4 +73,5 @@ def run_demo(config: OncallConfig, spec: SampleSpec = DEMO_SPEC) -> DemoResult:
     training = train(
         config, TrainRequest(archive_uri=str(archive), base_dir=base, since=spec.start, until=until)
     )
-    return DemoResult(archive=archive, base=base, manifest=manifest, training=training)
+    decision = promote(config, training.version)
+    return DemoResult(archive=archive, base=base, manifest=manifest, training=training, decision=decision)

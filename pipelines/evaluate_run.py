@@ -26,12 +26,9 @@ from pipelines.model import read_classifier_descriptor
 from pipelines.predict import TicketClassifier
 from pipelines.ray_runtime import ray_session
 from pipelines.schema import LABEL_COLUMN, REJECT_REASON_COLUMN, TextBuilder
-from pipelines.tracking import tracking_client
+from pipelines.tracking import EVALUATION_ARTIFACT, MODEL_ARTIFACT, tracking_client
 
 log = logging.getLogger(__name__)
-
-MODEL_ARTIFACT = "model"
-EVALUATION_ARTIFACT = "evaluation"
 
 
 def score_rows(

@@ -30,6 +30,7 @@ from transformers import (
     Qwen3ForCausalLM,
     Qwen3ForSequenceClassification,
 )
+from transformers.utils import logging as hf_logging
 
 from pipelines.config import ModelConfig
 from pipelines.errors import ModelError
@@ -45,6 +46,7 @@ CLASSIFIER_DESCRIPTOR = "classifier.json"
 ADAPTER_DIR = "adapter"
 WEIGHTS_DIR = "weights"
 TOKENIZER_DIR = "tokenizer"
+BUNDLED_BASE_DIR = "base"
 
 # Architecture of each preset; ``vocab_size`` of "tiny" comes from its trained tokenizer.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -203,9 +205,15 @@ def load_base_classifier(
     config = AutoConfig.from_pretrained(base_dir, local_files_only=True)
     config.num_labels = num_labels
     config.pad_token_id = pad_token_id
-    return Qwen3ForSequenceClassification.from_pretrained(
-        base_dir, config=config, dtype=dtype, local_files_only=True
-    )
+    # The load report would call the new head "MISSING" on every load; it is expected here.
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        return Qwen3ForSequenceClassification.from_pretrained(
+            base_dir, config=config, dtype=dtype, local_files_only=True
+        )
+    finally:
+        hf_logging.set_verbosity(verbosity)
 
 
 def build_classifier(
@@ -282,11 +290,24 @@ def save_classifier(
         "num_labels": len(labels),
         "max_length": max_length,
         "text": text,
-        "base": {"path": str(base_dir.resolve()), "fingerprint": base_fingerprint(base_dir)},
+        "base": _bundle_or_reference_base(base_dir, out),
         **(extra or {}),
     }
     (out / CLASSIFIER_DESCRIPTOR).write_text(json.dumps(descriptor, indent=2) + "\n")
     return out
+
+
+def _bundle_or_reference_base(base_dir: Path, out: Path) -> dict[str, Any]:
+    """A preset base (small, random-init, useless elsewhere) is copied into the classifier
+    directory; a large base is referenced by path and fingerprint, checked on load."""
+    reference: dict[str, Any] = {"path": str(base_dir.resolve()), "fingerprint": base_fingerprint(base_dir)}
+    if (base_dir / BASE_DESCRIPTOR).is_file():
+        bundled = out / BUNDLED_BASE_DIR
+        bundled.mkdir(exist_ok=True)
+        for name in ("config.json", BASE_DESCRIPTOR, *(p.name for p in base_dir.glob("*.safetensors"))):
+            shutil.copy2(base_dir / name, bundled / name)
+        reference["bundled"] = BUNDLED_BASE_DIR
+    return reference
 
 
 def read_classifier_descriptor(model_dir: Path) -> dict[str, Any]:
@@ -309,7 +330,8 @@ def load_classifier(
             model_dir / WEIGHTS_DIR, dtype=dtype, local_files_only=True
         )
         return model.eval(), tokenizer, labels, descriptor
-    base = base_dir or Path(descriptor["base"]["path"])
+    bundled = descriptor["base"].get("bundled")
+    base = base_dir or (model_dir / bundled if bundled else Path(descriptor["base"]["path"]))
     _check_base_dir(base)
     if base_fingerprint(base) != descriptor["base"]["fingerprint"]:
         raise ModelError(

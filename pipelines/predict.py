@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from pipelines.config import OncallConfig
 from pipelines.labels import LabelSet
 from pipelines.model import load_classifier
 from pipelines.schema import TextBuilder
@@ -48,6 +49,7 @@ class TicketClassifier:
         self.max_length = max_length
         self.abstain_threshold = abstain_threshold
         self.batch_size = batch_size
+        self.version: str | None = None  # the registry version, when loaded from the registry
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
 
@@ -68,6 +70,31 @@ class TicketClassifier:
             abstain_threshold=float(descriptor.get("abstain_threshold", 0.0)),
             batch_size=batch_size,
         )
+
+    @classmethod
+    def from_registry(
+        cls,
+        config: OncallConfig,
+        *,
+        alias: str | None = None,
+        version: str | None = None,
+        device: str | None = None,
+        batch_size: int = 64,
+    ) -> TicketClassifier:
+        """A registered version (``models:/<registry.model_name>@alias`` or version number).
+        MLflow is imported here only: the forward path needs neither MLflow nor Ray."""
+        import tempfile
+
+        from pipelines.registry import Registry
+
+        registry = Registry(config)
+        ref = registry.get(alias=alias, version=version)
+        with tempfile.TemporaryDirectory() as folder:
+            classifier = cls.from_dir(
+                registry.download(ref, Path(folder)), device=device, batch_size=batch_size
+            )
+        classifier.version = ref.version
+        return classifier
 
     @torch.inference_mode()
     def predict_proba_texts(self, texts: Sequence[str]) -> np.ndarray:

@@ -11,6 +11,10 @@ from pipelines.config import OncallConfig
 
 log = logging.getLogger(__name__)
 
+# Artifact paths of a training run: the classifier directory and its evaluation report.
+MODEL_ARTIFACT = "model"
+EVALUATION_ARTIFACT = "evaluation"
+
 
 def tracking_client(config: OncallConfig) -> MlflowClient:
     if config.tracking_uri.startswith("sqlite:///"):

@@ -7,6 +7,7 @@ last checkpoint, evaluates it on the test days and logs the classifier directory
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -40,7 +41,7 @@ from pipelines.data import (
 )
 from pipelines.errors import ConfigError, ModelError
 from pipelines.evaluate import Evaluation
-from pipelines.evaluate_run import EVALUATION_ARTIFACT, MODEL_ARTIFACT, log_evaluation, score_rows
+from pipelines.evaluate_run import log_evaluation, score_rows
 from pipelines.labels import LabelSet
 from pipelines.model import (
     CLASSIFIER_DESCRIPTOR,
@@ -53,8 +54,15 @@ from pipelines.model import (
 )
 from pipelines.predict import TicketClassifier
 from pipelines.ray_runtime import ray_session
+from pipelines.registry import Registry
 from pipelines.schema import TextBuilder
-from pipelines.tracking import ensure_experiment, flatten_params, tracking_client
+from pipelines.tracking import (
+    EVALUATION_ARTIFACT,
+    MODEL_ARTIFACT,
+    ensure_experiment,
+    flatten_params,
+    tracking_client,
+)
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +88,7 @@ class TrainRequest:
     since: dt.date | None = None
     until: dt.date | None = None
     fault: FaultInjection | None = None
+    register: bool = True  # register the classifier as a new version with alias `challenger`
 
 
 @dataclass
@@ -90,6 +99,7 @@ class TrainResult:
     stats: WindowStats
     evaluation: Evaluation
     progress: dict[str, Any] = field(default_factory=dict)
+    version: str | None = None  # the registered version, unless registration was skipped
 
     @property
     def model_uri(self) -> str:
@@ -125,6 +135,8 @@ def resolve_base(config: OncallConfig, base: str | None = None) -> Path:
 
 def train(config: OncallConfig, request: TrainRequest) -> TrainResult:
     """Train, evaluate and log one classifier; returns once the MLflow run is finished."""
+    # Workers do not share the driver's working directory: every local path must be absolute.
+    request = dataclasses.replace(request, base_dir=request.base_dir.resolve())
     with ray_session():
         return _train(config, request)
 
@@ -216,7 +228,8 @@ def _train(config: OncallConfig, request: TrainRequest) -> TrainResult:
     except BaseException:
         client.set_terminated(run_id, status="FAILED")
         raise
-    return TrainResult(run_id, labels, split, stats, evaluation, progress)
+    version = Registry(config, client).register_run(run_id).version if request.register else None
+    return TrainResult(run_id, labels, split, stats, evaluation, progress, version)
 
 
 def _log_inputs(

@@ -5,10 +5,14 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
-from pipelines.config import DataConfig
+if TYPE_CHECKING:
+    from pipelines.train import TrainResult
+
+from pipelines.config import DataConfig, OncallConfig, load_config
 from pipelines.sample_data import SampleSpec, generate_archive
 from pipelines.schema import TextBuilder
 
@@ -65,3 +69,32 @@ def ray_cluster() -> Iterator[None]:
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield
     ray.shutdown()
+
+
+def small_config(data_dir: Path, **overrides: object) -> OncallConfig:
+    """Short texts and two epochs: the tiny model learns the small archive in about a minute."""
+    return load_config(
+        environ={},
+        overrides={
+            "data_dir": data_dir,
+            "model.max_length": 64,
+            "data.max_description_chars": 120,
+            "train.epochs": 2,
+            "train.batch_size": 32,
+            **overrides,
+        },
+    )
+
+
+@pytest.fixture(scope="session")
+def trained_run(
+    tmp_path_factory: pytest.TempPathFactory,
+    small_archive: tuple[Path, dict],
+    tiny_base: Path,
+    ray_cluster: None,
+) -> tuple[OncallConfig, TrainResult]:
+    """One training run (1 worker) on the small archive, registered as version 1 (challenger)."""
+    from pipelines.train import TrainRequest, train
+
+    config = small_config(tmp_path_factory.mktemp("trained"))
+    return config, train(config, TrainRequest(archive_uri=str(small_archive[0]), base_dir=tiny_base))

@@ -13,40 +13,18 @@ import pytest
 from mlflow.artifacts import download_artifacts
 from mlflow.tracking import MlflowClient
 
-from pipelines.config import OncallConfig, load_config
+from pipelines.config import OncallConfig
 from pipelines.evaluate_run import score_rows
 from pipelines.labels import LabelSet
 from pipelines.predict import TicketClassifier
 from pipelines.train import FaultInjection, TrainRequest, TrainResult, train
+from tests.conftest import small_config
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 
 
-def small_config(data_dir: Path, **overrides: object) -> OncallConfig:
-    """Short texts and two epochs: the tiny model learns the sample archive in seconds."""
-    return load_config(
-        environ={},
-        overrides={
-            "data_dir": data_dir,
-            "model.max_length": 64,
-            "data.max_description_chars": 120,
-            "train.epochs": 2,
-            "train.batch_size": 32,
-            **overrides,
-        },
-    )
-
-
-@pytest.fixture(scope="module")
-def one_worker(
-    tmp_path_factory: pytest.TempPathFactory, small_archive: tuple[Path, dict], tiny_base: Path
-) -> tuple[OncallConfig, TrainResult]:
-    config = small_config(tmp_path_factory.mktemp("one-worker"))
-    return config, train(config, TrainRequest(archive_uri=str(small_archive[0]), base_dir=tiny_base))
-
-
-def test_learns_far_above_the_majority_baseline(one_worker: tuple[OncallConfig, TrainResult]) -> None:
-    config, result = one_worker
+def test_learns_far_above_the_majority_baseline(trained_run: tuple[OncallConfig, TrainResult]) -> None:
+    config, result = trained_run
     metrics = result.evaluation.metrics
     assert metrics["top1"] > 0.7
     assert metrics["top1"] > 2 * metrics["majority_baseline_top1"]
@@ -56,9 +34,9 @@ def test_learns_far_above_the_majority_baseline(one_worker: tuple[OncallConfig, 
 
 
 def test_window_counts_lose_nothing(
-    one_worker: tuple[OncallConfig, TrainResult], small_archive: tuple[Path, dict]
+    trained_run: tuple[OncallConfig, TrainResult], small_archive: tuple[Path, dict]
 ) -> None:
-    _, result = one_worker
+    _, result = trained_run
     stats = result.stats
     assert stats.rows == small_archive[1]["tickets"]
     assert stats.rows == sum(stats.rejected.values()) + stats.unresolved + sum(stats.labelled.values())
@@ -68,9 +46,9 @@ def test_window_counts_lose_nothing(
 
 
 def test_mlflow_run_holds_params_metrics_and_artifacts(
-    one_worker: tuple[OncallConfig, TrainResult], tmp_path: Path
+    trained_run: tuple[OncallConfig, TrainResult], tmp_path: Path
 ) -> None:
-    config, result = one_worker
+    config, result = trained_run
     run = MlflowClient(config.tracking_uri).get_run(result.run_id)
     assert run.info.status == "FINISHED"
     params = run.data.params
@@ -104,11 +82,11 @@ def test_mlflow_run_holds_params_metrics_and_artifacts(
 
 
 def test_logged_model_reproduces_the_logged_evaluation(
-    one_worker: tuple[OncallConfig, TrainResult], small_archive: tuple[Path, dict], tmp_path: Path
+    trained_run: tuple[OncallConfig, TrainResult], small_archive: tuple[Path, dict], tmp_path: Path
 ) -> None:
     from pipelines.evaluate_run import labelled_rows
 
-    config, result = one_worker
+    config, result = trained_run
     model_dir = Path(
         download_artifacts(
             run_id=result.run_id,
@@ -142,12 +120,12 @@ def test_two_workers_resume_after_a_worker_dies(
     tmp_path: Path,
     small_archive: tuple[Path, dict],
     tiny_base: Path,
-    one_worker: tuple[OncallConfig, TrainResult],
+    trained_run: tuple[OncallConfig, TrainResult],
 ) -> None:
     config = small_config(
         tmp_path, **{"train.workers": 2, "train.cpus_per_worker": 1.0, "train.max_failures": 1}
     )
-    steps_per_epoch = math.ceil(one_worker[1].stats.labelled["train"] / (32 * 2))
+    steps_per_epoch = math.ceil(trained_run[1].stats.labelled["train"] / (32 * 2))
     marker = tmp_path / "fault-fired"
     fault = FaultInjection(at_step=steps_per_epoch + 2, marker=marker)
     result = train(config, TrainRequest(archive_uri=str(small_archive[0]), base_dir=tiny_base, fault=fault))
@@ -166,8 +144,8 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_evaluate_command_logs_to_the_run(one_worker: tuple[OncallConfig, TrainResult]) -> None:
-    config, result = one_worker
+def test_evaluate_command_logs_to_the_run(trained_run: tuple[OncallConfig, TrainResult]) -> None:
+    config, result = trained_run
     done = run_cli("--data-dir", str(config.data_dir), "evaluate", "--run-id", result.run_id)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "top1" in done.stdout and "abstain_threshold" in done.stdout

@@ -108,3 +108,11 @@ def test_later_files_win_and_the_demo_overlay_is_valid(tmp_path: Path) -> None:
     assert demo.train.lr == OncallConfig().train.lr  # only what the overlay names changes
     user = load_config(DEMO_CONFIG_FILE, write(tmp_path, "train:\n  epochs: 4\n"), environ={})
     assert user.train.epochs == 4 and user.model.max_length == 64
+
+
+def test_relative_data_dir_becomes_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ray workers run elsewhere: a relative --data-dir must not reach them as relative."""
+    monkeypatch.chdir(tmp_path)
+    config = load_config(environ={}, overrides={"data_dir": "stores"})
+    assert config.data_dir == tmp_path.resolve() / "stores"
+    assert config.tracking_uri == f"sqlite:///{tmp_path.resolve()}/stores/mlflow.db"
