@@ -241,13 +241,16 @@ def promote_command(
         bool, typer.Option(help="Promote even if the gate rejects it (the reason is logged).")
     ] = False,
     reason: Annotated[str, typer.Option(help="Why --force was needed.")] = "",
+    archive: Annotated[
+        str | None, typer.Option(help="Tickets to gate on. Default: data.archive, else the version's own.")
+    ] = None,
 ) -> None:
     """Gate a version against the champion on the same tickets; promote it (alias 'champion',
     the old one becomes 'previous') only if it passes. Exit 1 when rejected."""
     from pipelines.promotion import promote  # Ray + torch: only where needed
 
     config = _config(ctx)
-    decision = promote(config, version, force=force, reason=reason)
+    decision = promote(config, version, archive_uri=archive, force=force, reason=reason)
     _print_decision(config, decision)
     if not decision.promoted:
         raise typer.Exit(EXIT_VALIDATION_FAILED)
@@ -264,20 +267,20 @@ def rollback_command(ctx: typer.Context) -> None:
 
 
 def _print_decision(config: OncallConfig, decision: Any) -> None:
+    """Reasons as whole lines (not wrapped in a table) so they can be read and grepped."""
     verdict = "PROMOTED to champion" if decision.promoted else "REJECTED (stays registered, never serves)"
-    table = Table(
-        title=f"{config.registry.model_name} version {decision.version}: {verdict}", show_header=False
-    )
-    table.add_row("champion before", decision.champion or "none")
+    console.print(f"{config.registry.model_name} version {decision.version}: {verdict}", markup=False)
+    console.print(f"  champion before: {decision.champion or 'none'}", markup=False)
     for text in decision.reasons:
-        table.add_row("reason", text)
+        console.print(f"  reason: {text}", markup=False)
     for row in decision.regressions:
-        table.add_row(
-            "regression",
-            f"{row['tenant']}: recall {row['champion_recall']:.2f} → {row['challenger_recall']:.2f} (n={row['support']})",
+        console.print(
+            f"  regression: tenant {row['tenant']} recall {row['champion_recall']:.2f} → "
+            f"{row['challenger_recall']:.2f} (n={row['support']})",
+            markup=False,
         )
-    _add_metric_rows(table, decision.metrics)
-    console.print(table)
+    for name, value in decision.metrics.items():
+        console.print(f"  {name}: {value:.4f}", markup=False)
 
 
 def _print_training(config: OncallConfig, result: Any) -> None:

@@ -138,6 +138,10 @@ class PromotionConfig(_Section):
     first_version_margin: float = Field(
         default=0.20, ge=0, le=1, description="A first version must beat the majority baseline by this."
     )
+    golden_set: str | None = Field(
+        default=None,
+        description="A fixed labelled ticket archive (same contract) added to every gate evaluation.",
+    )
 
 
 class ServeConfig(_Section):

@@ -23,6 +23,7 @@ from pipelines.errors import ModelError
 from pipelines.evaluate import Evaluation, evaluate_scores, write_report
 from pipelines.labels import LabelSet
 from pipelines.model import read_classifier_descriptor
+from pipelines.packaging import classifier_in
 from pipelines.predict import TicketClassifier
 from pipelines.ray_runtime import ray_session
 from pipelines.schema import LABEL_COLUMN, REJECT_REASON_COLUMN, TextBuilder
@@ -87,12 +88,14 @@ def evaluate_run(
     client = tracking_client(config)
     with tempfile.TemporaryDirectory() as folder:
         try:
-            model_dir = Path(
-                download_artifacts(
-                    run_id=run_id,
-                    artifact_path=MODEL_ARTIFACT,
-                    dst_path=folder,
-                    tracking_uri=config.tracking_uri,
+            model_dir = classifier_in(
+                Path(
+                    download_artifacts(
+                        run_id=run_id,
+                        artifact_path=MODEL_ARTIFACT,
+                        dst_path=folder,
+                        tracking_uri=config.tracking_uri,
+                    )
                 )
             )
         except Exception as exc:  # MLflow raises several types for a missing run or artifact

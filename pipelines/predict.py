@@ -78,15 +78,21 @@ class TicketClassifier:
         *,
         alias: str | None = None,
         version: str | None = None,
+        name: str | None = None,
         device: str | None = None,
         batch_size: int = 64,
     ) -> TicketClassifier:
-        """A registered version (``models:/<registry.model_name>@alias`` or version number).
+        """A registered version (``models:/<name>@alias`` or version number; ``name`` defaults to
+        ``registry.model_name``).
         MLflow is imported here only: the forward path needs neither MLflow nor Ray."""
         import tempfile
 
         from pipelines.registry import Registry
 
+        if name is not None:
+            config = config.model_copy(
+                update={"registry": config.registry.model_copy(update={"model_name": name})}
+            )
         registry = Registry(config)
         ref = registry.get(alias=alias, version=version)
         with tempfile.TemporaryDirectory() as folder:

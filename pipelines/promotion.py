@@ -124,10 +124,18 @@ def decide(
 
 
 def promote(
-    config: OncallConfig, version: str | None = None, *, force: bool = False, reason: str = ""
+    config: OncallConfig,
+    version: str | None = None,
+    *,
+    archive_uri: str | None = None,
+    force: bool = False,
+    reason: str = "",
 ) -> Decision:
     """Gate a version (default: alias ``challenger``) against ``champion``; promote if it passes
-    (or if forced, with the reason recorded). The decision is tagged on the version."""
+    (or if forced, with the reason recorded). The decision is tagged on the version.
+
+    Tickets come from ``archive_uri``, else the configured ``data.archive``, else the archive the
+    candidate was trained on: the reference labels are the platform's, not the candidate's."""
     registry = Registry(config)
     candidate = registry.get(version=version) if version else registry.get(alias=CHALLENGER)
     champion = registry.alias_or_none(CHAMPION)
@@ -142,7 +150,10 @@ def promote(
             if champion
             else None
         )
-        truth, predictions = _predict_evaluation_set(config, candidate, challenger_model, champion_model)
+        archive = archive_uri or config.data.archive or candidate.tags.get("archive") or config.archive_uri
+        truth, predictions = _predict_evaluation_set(
+            config, archive, candidate, challenger_model, champion_model
+        )
     decision = decide(
         truth,
         predictions["challenger"],
@@ -167,23 +178,25 @@ def promote(
 
 def _predict_evaluation_set(
     config: OncallConfig,
+    archive: str,
     candidate: VersionRef,
     challenger: TicketClassifier,
     champion: TicketClassifier | None,
 ) -> tuple[pd.Series, dict[str, pd.Series]]:
-    """Both models on the candidate's test days (the newest labelled days it was not trained on),
-    each with its own text builder, aligned by ticket id."""
+    """Both models on the candidate's test days (the newest labelled days it was not trained on)
+    plus the configured golden set, each with its own text builder, aligned by ticket id."""
     since, until = (dt.date.fromisoformat(day) for day in candidate.tags["window.test"].split(".."))
-    archive = candidate.tags.get("archive") or config.archive_uri
     predictions: dict[str, pd.Series] = {}
     truth = None
     with ray_session():
         for role, model in (("challenger", challenger), ("champion", champion)):
             if model is None:
                 continue
-            rows = (
-                labelled_rows(archive, model.text_builder, since, until).set_index("ticket_id").sort_index()
-            )
+            rows = labelled_rows(archive, model.text_builder, since, until)
+            if config.promotion.golden_set:
+                golden = labelled_rows(config.promotion.golden_set, model.text_builder, None, None)
+                rows = pd.concat([rows, golden.assign(ticket_id="golden:" + golden["ticket_id"])])
+            rows = rows.set_index("ticket_id").sort_index()
             if rows.empty:
                 raise ModelError(f"no labelled tickets in {archive} between {since} and {until} to gate on")
             probabilities = model.predict_proba_texts(rows["text"].tolist())

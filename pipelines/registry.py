@@ -20,6 +20,7 @@ from mlflow.tracking import MlflowClient
 
 from pipelines.config import OncallConfig
 from pipelines.errors import ModelError
+from pipelines.packaging import classifier_in
 from pipelines.tracking import MODEL_ARTIFACT, tracking_client
 
 log = logging.getLogger(__name__)
@@ -113,11 +114,10 @@ class Registry:
 
     def download(self, ref: VersionRef, dst: Path) -> Path:
         """The version's classifier directory, downloaded under ``dst``."""
-        return Path(
-            download_artifacts(
-                artifact_uri=ref.source, dst_path=str(dst), tracking_uri=self.config.tracking_uri
-            )
+        root = download_artifacts(
+            artifact_uri=ref.source, dst_path=str(dst), tracking_uri=self.config.tracking_uri
         )
+        return classifier_in(Path(root))
 
     def _registered_model(self) -> Any:
         try:

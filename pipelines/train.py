@@ -52,6 +52,7 @@ from pipelines.model import (
     save_classifier,
     trainable_state_dict,
 )
+from pipelines.packaging import CLASSIFIER_ARTIFACT, package_classifier
 from pipelines.predict import TicketClassifier
 from pipelines.ray_runtime import ray_session
 from pipelines.registry import Registry
@@ -212,7 +213,7 @@ def _train(config: OncallConfig, request: TrainRequest) -> TrainResult:
             raise ModelError(f"training finished without a checkpoint (error: {result.error})")
         client.log_metric(run_id, "train_seconds", time.monotonic() - started)
         with tempfile.TemporaryDirectory(prefix="oncall-train-") as staging:
-            model_dir = Path(staging) / MODEL_ARTIFACT
+            model_dir = Path(staging) / CLASSIFIER_ARTIFACT
             progress = _classifier_from_checkpoint(
                 result.checkpoint, model_dir, config, request, labels, tokenizer, builder, split
             )
@@ -223,7 +224,9 @@ def _train(config: OncallConfig, request: TrainRequest) -> TrainResult:
                 model_dir, {"abstain_threshold": evaluation.metrics["abstain_threshold"]}
             )
             log_evaluation(client, run_id, evaluation, "test", EVALUATION_ARTIFACT)
-            client.log_artifacts(run_id, str(model_dir), MODEL_ARTIFACT)
+            (model_dir / "metrics.json").write_text(json.dumps(evaluation.metrics, indent=2) + "\n")
+            packaged = package_classifier(model_dir, Path(staging) / MODEL_ARTIFACT)
+            client.log_artifacts(run_id, str(packaged), MODEL_ARTIFACT)
         client.set_terminated(run_id, status="FINISHED")
     except BaseException:
         client.set_terminated(run_id, status="FAILED")

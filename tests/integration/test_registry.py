@@ -7,6 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import mlflow
+import numpy as np
+import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 from mlflow.artifacts import download_artifacts
@@ -15,10 +18,12 @@ from pipelines.archive import list_partitions
 from pipelines.config import OncallConfig
 from pipelines.errors import ModelError
 from pipelines.model import load_classifier
+from pipelines.packaging import classifier_in
 from pipelines.predict import TicketClassifier
 from pipelines.promotion import promote, rollback
 from pipelines.registry import CHALLENGER, CHAMPION, PREVIOUS, Registry
 from pipelines.train import TrainRequest, TrainResult, train
+from tests.integration.mlflow_server import mlflow_store
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 
@@ -51,6 +56,9 @@ def test_training_registers_a_challenger_version(
     assert ref.tags["git_commit"]
     local = Registry(config).download(ref, tmp_path)
     assert (local / "base" / "model.safetensors").is_file()  # the tiny base travels with the version
+    assert json.loads((local / "metrics.json").read_text())["top1"] == pytest.approx(
+        result.evaluation.metrics["top1"]
+    )
     assert not [p for p in local.rglob("*") if p.suffix in (".pkl", ".pt", ".bin", ".pickle")]
 
 
@@ -62,9 +70,20 @@ def test_registry_load_predicts_exactly_like_the_run_artifact(
     artifact = download_artifacts(
         run_id=result.run_id, artifact_path="model", dst_path=str(tmp_path), tracking_uri=config.tracking_uri
     )
-    from_run = TicketClassifier.from_dir(Path(artifact))
+    from_run = TicketClassifier.from_dir(classifier_in(Path(artifact)))
     assert from_registry.version == result.version
     assert from_registry.predict(TICKETS) == from_run.predict(TICKETS)
+    # The same version through MLflow's own loader (models-from-code pyfunc, no pickle).
+    with mlflow_store(config.tracking_uri):
+        pyfunc = mlflow.pyfunc.load_model(f"models:/{config.registry.model_name}@{CHALLENGER}")
+    frame = pyfunc.predict(pd.DataFrame(TICKETS))
+    expected = from_run.predict(TICKETS)
+    assert frame["tenant"].tolist() == [p.tenant for p in expected]
+    assert frame["confidence"].tolist() == pytest.approx([p.confidence for p in expected])
+    assert json.loads(frame["top_k"][0])[0] == {
+        "tenant": expected[0].tenant,
+        "score": pytest.approx(expected[0].confidence),
+    }
 
 
 def test_a_different_base_is_refused_with_a_clear_message(
@@ -83,13 +102,13 @@ def shuffled_archive(source: Path, out: Path) -> Path:
     for partition in list_partitions(str(source)):
         for path in partition.files:
             table = pq.read_table(path)
-            tenants = table.column("tenant").to_pandas().sample(frac=1.0, random_state=0).to_list()
+            order = np.random.default_rng(0).permutation(table.num_rows)
+            shuffled = table.set_column(
+                table.schema.get_field_index("tenant"), "tenant", table.column("tenant").take(order)
+            )
             target = out / Path(path).parent.name / Path(path).name
             target.parent.mkdir(parents=True, exist_ok=True)
-            index = table.schema.get_field_index("tenant")
-            pq.write_table(
-                table.set_column(index, "tenant", __import__("pyarrow").array(tenants, "string")), target
-            )
+            pq.write_table(shuffled, target)
     return out
 
 
@@ -110,14 +129,16 @@ def test_gate_promotes_the_first_version_rejects_shuffled_labels_and_rolls_back(
     bad_config = config.model_copy(update={"train": config.train.model_copy(update={"epochs": 1})})
     shuffled = shuffled_archive(small_archive[0], tmp_path / "shuffled")
     bad = train(bad_config, TrainRequest(archive_uri=str(shuffled), base_dir=tiny_base))
-    done = run_cli(config, "promote", "--version", bad.version)
+    done = run_cli(config, "promote", "--version", bad.version, "--archive", str(small_archive[0]))
     assert done.returncode == 1, done.stderr[-2000:]
     assert "REJECTED" in done.stdout and "is below the champion's" in done.stdout
     assert registry.get(alias=CHAMPION).version == result.version  # the champion still serves
     rejected = registry.get(version=bad.version)
     assert rejected.tags["gate.decision"] == "rejected" and json.loads(rejected.tags["gate.regressions"])
 
-    forced = promote(config, bad.version, force=True, reason="incident 42 needs it")
+    forced = promote(
+        config, bad.version, archive_uri=str(small_archive[0]), force=True, reason="incident 42 needs it"
+    )
     assert forced.promoted and forced.reasons[-1] == "forced: incident 42 needs it"
     assert registry.get(alias=CHAMPION).version == bad.version
     assert rollback(config) == (bad.version, result.version)
@@ -129,6 +150,15 @@ def test_gate_promotes_the_first_version_rejects_shuffled_labels_and_rolls_back(
     assert rollback(config) == (again.version, result.version)
     assert registry.get(alias=CHAMPION).version == result.version
     assert registry.alias_or_none(PREVIOUS) is None
+
+    with_golden = config.model_copy(
+        update={"promotion": config.promotion.model_copy(update={"golden_set": str(small_archive[0])})}
+    )
+    golden = promote(with_golden, registry.register_run(result.run_id).version)
+    assert golden.promoted
+    judged_without = promote(config, registry.register_run(result.run_id).version).metrics["judged_tickets"]
+    assert golden.metrics["judged_tickets"] > judged_without  # the golden tickets were scored too
+    assert rollback(config)[1] == golden.version
 
     nothing = run_cli(config, "rollback")
     assert (

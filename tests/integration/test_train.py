@@ -16,6 +16,7 @@ from mlflow.tracking import MlflowClient
 from pipelines.config import OncallConfig
 from pipelines.evaluate_run import score_rows
 from pipelines.labels import LabelSet
+from pipelines.packaging import classifier_in
 from pipelines.predict import TicketClassifier
 from pipelines.train import FaultInjection, TrainRequest, TrainResult, train
 from tests.conftest import small_config
@@ -75,8 +76,10 @@ def test_mlflow_run_holds_params_metrics_and_artifacts(
     assert LabelSet.load(root) == result.labels
     for name in ("per_tenant.csv", "confusion_matrix.png", "reliability.png", "coverage.png", "metrics.json"):
         assert (root / "evaluation" / name).stat().st_size > 0, name
-    assert (root / "model" / "adapter" / "adapter_model.safetensors").is_file()
-    descriptor = json.loads((root / "model" / "classifier.json").read_text())
+    classifier = classifier_in(root / "model")
+    assert (root / "model" / "MLmodel").is_file()  # an MLflow pyfunc (models-from-code) around it
+    assert (classifier / "adapter" / "adapter_model.safetensors").is_file()
+    descriptor = json.loads((classifier / "classifier.json").read_text())
     assert descriptor["abstain_threshold"] == pytest.approx(result.evaluation.metrics["abstain_threshold"])
     assert not list(root.rglob("*.pkl")) and not list(root.rglob("*.bin"))  # JSON + safetensors only
 
@@ -87,12 +90,14 @@ def test_logged_model_reproduces_the_logged_evaluation(
     from pipelines.evaluate_run import labelled_rows
 
     config, result = trained_run
-    model_dir = Path(
-        download_artifacts(
-            run_id=result.run_id,
-            artifact_path="model",
-            dst_path=str(tmp_path),
-            tracking_uri=config.tracking_uri,
+    model_dir = classifier_in(
+        Path(
+            download_artifacts(
+                run_id=result.run_id,
+                artifact_path="model",
+                dst_path=str(tmp_path),
+                tracking_uri=config.tracking_uri,
+            )
         )
     )
     classifier = TicketClassifier.from_dir(model_dir)

@@ -1,0 +1,102 @@
+"""A real `mlflow server` on 127.0.0.1 with a PostgreSQL backend store: the production shape."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import sqlalchemy
+
+POSTGRES_ENV = "ONCALL_TEST_POSTGRES_URL"
+STARTUP_TIMEOUT_S = 90
+
+
+def postgres_url_or_skip() -> str:
+    url = os.environ.get(POSTGRES_ENV)
+    if not url:
+        pytest.skip(
+            f"{POSTGRES_ENV} is not set: no PostgreSQL for the production-shape tests (.ci/run sets it)"
+        )
+    return url
+
+
+@contextmanager
+def scratch_database(server_url: str) -> Iterator[str]:
+    """A new database on the server for this test session, dropped afterwards."""
+    name = f"oncall_test_{uuid.uuid4().hex[:10]}"
+    admin = sqlalchemy.create_engine(server_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield str(
+            sqlalchemy.engine.make_url(server_url).set(database=name).render_as_string(hide_password=False)
+        )
+    finally:
+        with admin.connect() as connection:
+            connection.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextmanager
+def mlflow_server(backend_url: str, artifacts: Path) -> Iterator[str]:
+    port = free_port()
+    command = [
+        sys.executable, "-m", "mlflow", "server",
+        "--backend-store-uri", backend_url,
+        "--artifacts-destination", artifacts.as_uri(),
+        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+    ]  # fmt: skip
+    log = artifacts.parent / "mlflow-server.log"
+    with log.open("w") as output:
+        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"mlflow server did not start: {log.read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+@contextmanager
+def mlflow_store(uri: str) -> Iterator[None]:
+    """MLflow's global tracking and registry URIs pointed at ``uri`` for the block, restored after
+    (for MLflow's own loaders such as ``mlflow.pyfunc.load_model("models:/…")``)."""
+    import mlflow
+
+    previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous[0])
+        mlflow.set_registry_uri(previous[1])
