@@ -151,10 +151,13 @@ class ServeConfig(_Section):
     max_batch_size: int = Field(default=32, ge=1)
     batch_wait_timeout_s: float = Field(default=0.01, ge=0)
     max_tickets_per_request: int = Field(default=256, ge=1)
+    top_k: int = Field(default=3, ge=1, description="Ranked tenants in each answer.")
     min_replicas: int = Field(default=1, ge=0)
     max_replicas: int = Field(default=2, ge=1)
     target_ongoing_requests: int = Field(default=16, ge=1)
     alias_poll_interval_s: float = Field(default=10.0, gt=0)
+    replica_cpus: float = Field(default=1.0, gt=0, description="Logical CPUs per model replica.")
+    replica_gpus: float = Field(default=0.0, ge=0, description="GPUs per model replica (0: CPU).")
     auth_tokens: list[str] = Field(default_factory=list, description="Empty: no auth.")
     feedback_db_url: str | None = Field(
         default=None, description="SQLAlchemy URL; default sqlite:///<data_dir>/feedback.db."

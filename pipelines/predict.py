@@ -6,10 +6,11 @@ Its forward path imports neither Ray nor MLflow, so it runs on a bare GPU machin
 from __future__ import annotations
 
 import logging
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -18,6 +19,9 @@ from pipelines.config import OncallConfig
 from pipelines.labels import LabelSet
 from pipelines.model import load_classifier
 from pipelines.schema import TextBuilder
+
+if TYPE_CHECKING:
+    from pipelines.registry import Registry, VersionRef
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +89,6 @@ class TicketClassifier:
         """A registered version (``models:/<name>@alias`` or version number; ``name`` defaults to
         ``registry.model_name``).
         MLflow is imported here only: the forward path needs neither MLflow nor Ray."""
-        import tempfile
-
         from pipelines.registry import Registry
 
         if name is not None:
@@ -94,7 +96,15 @@ class TicketClassifier:
                 update={"registry": config.registry.model_copy(update={"model_name": name})}
             )
         registry = Registry(config)
-        ref = registry.get(alias=alias, version=version)
+        return cls.from_version(
+            registry, registry.get(alias=alias, version=version), device=device, batch_size=batch_size
+        )
+
+    @classmethod
+    def from_version(
+        cls, registry: Registry, ref: VersionRef, *, device: str | None = None, batch_size: int = 64
+    ) -> TicketClassifier:
+        """The classifier of a version already looked up in the registry."""
         with tempfile.TemporaryDirectory() as folder:
             classifier = cls.from_dir(
                 registry.download(ref, Path(folder)), device=device, batch_size=batch_size

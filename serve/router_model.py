@@ -1,0 +1,174 @@
+"""Model replicas: a registered ``TicketClassifier`` behind ``@serve.batch``, hot-swapped when
+the alias it follows moves to another version.
+
+A new version is downloaded and loaded off the request path (a watcher thread, or
+``reconfigure``), then swapped in with one reference assignment: a batch that already started
+finishes on the version it began with, and every answer names the version that scored it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from ray import serve
+
+from pipelines.config import OncallConfig, ServeConfig
+from pipelines.predict import Prediction, TicketClassifier
+from pipelines.registry import Registry, VersionRef
+from serve.metrics import model_metrics
+
+log = logging.getLogger(__name__)
+
+
+class ModelNotReadyError(Exception):
+    """No version is loaded yet (the alias has no version, or loading it failed)."""
+
+
+class ReplicaSettings(BaseModel):
+    """What can change on running replicas (``user_config``), without restarting them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    alias: str
+    max_batch_size: int = Field(ge=1)
+    batch_wait_timeout_s: float = Field(ge=0)
+    alias_poll_interval_s: float = Field(gt=0)
+    top_k: int = Field(ge=1)
+
+    @classmethod
+    def of(cls, settings: ServeConfig) -> ReplicaSettings:
+        return cls(
+            alias=settings.alias,
+            max_batch_size=settings.max_batch_size,
+            batch_wait_timeout_s=settings.batch_wait_timeout_s,
+            alias_poll_interval_s=settings.alias_poll_interval_s,
+            top_k=settings.top_k,
+        )
+
+
+@dataclass(frozen=True)
+class LoadedVersion:
+    classifier: TicketClassifier
+    ref: VersionRef
+    alias: str
+    loaded_at: dt.datetime
+
+
+class TicketRouterModel:
+    def __init__(self, config: OncallConfig) -> None:
+        self._config = config
+        self._registry = Registry(config)
+        self._settings = ReplicaSettings.of(config.serve)
+        self._loaded: LoadedVersion | None = None
+        self._load_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._metrics = model_metrics()
+        self._watcher = threading.Thread(target=self._watch, name="alias-watcher", daemon=True)
+        self._watcher.start()
+
+    def reconfigure(self, user_config: Mapping[str, Any]) -> None:
+        """Serve calls this before the replica takes traffic and on every ``user_config`` change;
+        the first call loads the alias's version, so a replica starts ready when there is one."""
+        settings = ReplicaSettings.model_validate(dict(user_config))
+        self._settings = settings
+        self.route.set_max_batch_size(settings.max_batch_size)
+        self.route.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Load the version the alias points at, if it is not the one being served."""
+        with self._load_lock:
+            alias = self._settings.alias
+            ref = self._registry.alias_or_none(alias)
+            current = self._loaded
+            if ref is None:
+                if current is None:
+                    log.warning("no version of %s has alias '%s' yet", self._registry.name, alias)
+                return
+            if current is not None and current.ref.version == ref.version:
+                return
+            log.info("loading %s version %s (alias '%s')", ref.name, ref.version, alias)
+            classifier = TicketClassifier.from_version(
+                self._registry, ref, batch_size=self._settings.max_batch_size
+            )
+            self._loaded = LoadedVersion(classifier, ref, alias, dt.datetime.now(dt.UTC))
+            self._metrics.version.set(float(ref.version))
+            log.info(
+                "serving %s version %s (was %s)",
+                ref.name,
+                ref.version,
+                current.ref.version if current else "none",
+            )
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self._settings.alias_poll_interval_s):
+            try:
+                self.refresh()
+            except Exception:  # the registry may be briefly unreachable: keep serving, retry later
+                log.exception(
+                    "checking alias '%s' failed; still serving the loaded version", self._settings.alias
+                )
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
+    async def route(self, tickets: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """One ticket per call; Serve gathers concurrent calls into one forward pass."""
+        return await self.route_many(tickets)
+
+    async def route_many(self, tickets: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Many tickets in one call (the batch endpoint), answers in input order."""
+        loaded = self._require()
+        # The forward pass runs in a thread so the event loop keeps gathering the next batch.
+        predictions = await asyncio.to_thread(loaded.classifier.predict, tickets, self._settings.top_k)
+        self._record(loaded, predictions)
+        model = {"name": loaded.ref.name, "version": loaded.ref.version}
+        return [
+            {
+                "tenant": p.tenant,
+                "confidence": p.confidence,
+                "top_k": [{"tenant": tenant, "score": score} for tenant, score in p.top_k],
+                "abstain": p.abstain,
+                "model": model,
+            }
+            for p in predictions
+        ]
+
+    def info(self) -> dict[str, Any]:
+        loaded = self._require()
+        return {
+            "name": loaded.ref.name,
+            "version": loaded.ref.version,
+            "alias": loaded.alias,
+            "tenants": len(loaded.classifier.labels),
+            "trained_window": loaded.ref.tags.get("window.train", ""),
+            "abstain_threshold": loaded.classifier.abstain_threshold,
+            "loaded_at": loaded.loaded_at.isoformat(),
+        }
+
+    def ready(self) -> bool:
+        return self._loaded is not None
+
+    def _require(self) -> LoadedVersion:
+        loaded = self._loaded
+        if loaded is None:
+            raise ModelNotReadyError(
+                f"no version of {self._registry.name} with alias '{self._settings.alias}' is loaded yet"
+            )
+        return loaded
+
+    def _record(self, loaded: LoadedVersion, predictions: list[Prediction]) -> None:
+        tags = {"version": loaded.ref.version}
+        self._metrics.batch_size.observe(len(predictions))
+        self._metrics.tickets.inc(len(predictions), tags=tags)
+        abstained = sum(p.abstain for p in predictions)
+        if abstained:
+            self._metrics.abstentions.inc(abstained, tags=tags)
+
+    def __del__(self) -> None:
+        self._stop.set()

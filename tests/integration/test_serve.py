@@ -1,0 +1,225 @@
+"""The routing endpoint over real HTTP: contract, client mistakes, auth, batching, hot swap."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import requests
+
+from pipelines.config import OncallConfig
+from pipelines.feedback import FeedbackStore
+from pipelines.predict import TicketClassifier
+from pipelines.registry import CHAMPION, Registry
+from pipelines.train import TrainResult
+from serve.client import RouterClient, RouterHTTPError
+from tests.integration.serving import archive_tickets, deployed, serving_config
+
+pytestmark = pytest.mark.usefixtures("ray_cluster")
+
+TOKEN = "s3cret-token"
+MAX_TICKETS = 16
+
+
+@pytest.fixture(scope="module")
+def served(
+    trained_run: tuple[OncallConfig, TrainResult], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[OncallConfig, str]]:
+    trained, result = trained_run
+    feedback_db = tmp_path_factory.mktemp("feedback") / "feedback.db"
+    config = serving_config(
+        trained,
+        "serve-contract",
+        f"sqlite:///{feedback_db}",
+        **{"serve.auth_tokens": [TOKEN], "serve.max_tickets_per_request": MAX_TICKETS},
+    )
+    Registry(config).register_run(result.run_id, alias=CHAMPION)
+    with deployed(config) as url:
+        yield config, url
+
+
+@pytest.fixture(scope="module")
+def client(served: tuple[OncallConfig, str]) -> RouterClient:
+    return RouterClient(served[1], token=TOKEN)
+
+
+@pytest.fixture(scope="module")
+def tickets(small_archive: tuple[Path, dict]) -> list[dict]:
+    return archive_tickets(small_archive[0], 40)
+
+
+def assert_same_answer(got: dict, expected_tenant: str, expected_confidence: float, top_k: list) -> None:
+    assert got["tenant"] == expected_tenant
+    assert got["confidence"] == pytest.approx(expected_confidence, abs=1e-4)
+    assert [entry["tenant"] for entry in got["top_k"]] == [tenant for tenant, _ in top_k]
+
+
+def test_route_answers_exactly_like_the_classifier_of_the_same_version(
+    served: tuple[OncallConfig, str], client: RouterClient, tickets: list[dict]
+) -> None:
+    config, _ = served
+    classifier = TicketClassifier.from_registry(config, alias=CHAMPION)
+    expected = classifier.predict(tickets[:8], top_k=config.serve.top_k)
+    for ticket, prediction in zip(tickets[:8], expected, strict=True):
+        answer = client.route(ticket)
+        assert answer["ticket_id"] == ticket["ticket_id"]
+        assert answer["model"] == {"name": "serve-contract", "version": classifier.version}
+        assert answer["abstain"] == prediction.abstain
+        assert len(answer["top_k"]) == config.serve.top_k
+        assert_same_answer(answer, prediction.tenant, prediction.confidence, prediction.top_k)
+    anonymous = client.route({"title": tickets[0]["title"]})
+    assert anonymous["ticket_id"].startswith("anon-")
+
+
+def test_batch_results_equal_concurrent_single_calls_in_input_order(
+    client: RouterClient, tickets: list[dict]
+) -> None:
+    batch = tickets[:MAX_TICKETS]
+    with ThreadPoolExecutor(8) as pool:  # concurrent singles: @serve.batch groups them
+        singles = list(pool.map(client.route, batch))
+    results = client.route_batch(batch)
+    assert [r["ticket_id"] for r in results] == [t["ticket_id"] for t in batch]
+    for single, batched in zip(singles, results, strict=True):
+        assert_same_answer(
+            batched, single["tenant"], single["confidence"], [(e["tenant"], 0) for e in single["top_k"]]
+        )
+
+
+def test_model_info_health_and_openapi(served: tuple[OncallConfig, str], client: RouterClient) -> None:
+    config, url = served
+    info = client.model()
+    ref = Registry(config).get(alias=CHAMPION)
+    assert (info["name"], info["version"], info["alias"]) == ("serve-contract", ref.version, CHAMPION)
+    assert info["tenants"] > 2 and info["trained_window"] == ref.tags["window.train"]
+    # Health endpoints stay open when auth is on.
+    assert requests.get(f"{url}/healthz", timeout=10).json() == {"status": "ok"}
+    assert requests.get(f"{url}/readyz", timeout=10).status_code == 200
+    paths = requests.get(f"{url}/openapi.json", timeout=10).json()["paths"]
+    assert {"/v1/route", "/v1/route/batch", "/v1/feedback", "/v1/model"} <= set(paths)
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        ("/v1/route", {"description": "no title"}, "title"),
+        ("/v1/route", {"title": "   "}, "title"),
+        ("/v1/route", {"title": 42}, "title"),
+        ("/v1/route", {"title": "ok", "ticket_id": "x" * 300}, "ticket_id"),
+        ("/v1/route/batch", {"tickets": []}, "tickets"),
+        ("/v1/route/batch", {"tickets": [{"title": "ok"}, {"service": "db"}]}, "title"),
+        ("/v1/feedback", {"ticket_id": "T-1"}, "tenant"),
+        ("/v1/feedback", {"ticket_id": "T-1", "tenant": ""}, "tenant"),
+    ],
+)
+def test_invalid_payloads_are_422_naming_the_field(
+    served: tuple[OncallConfig, str], path: str, body: dict, field: str
+) -> None:
+    response = requests.post(f"{served[1]}{path}", json=body, headers=_auth(), timeout=30)
+    assert response.status_code == 422, response.text
+    assert any(field in error["loc"] for error in response.json()["detail"])
+
+
+def test_malformed_json_too_many_tickets_and_long_text(served: tuple[OncallConfig, str]) -> None:
+    url = served[1]
+    broken = requests.post(
+        f"{url}/v1/route",
+        data=b'{"title": ',
+        headers={**_auth(), "Content-Type": "application/json"},
+        timeout=30,
+    )
+    assert broken.status_code == 422
+    too_many = requests.post(
+        f"{url}/v1/route/batch",
+        json={"tickets": [{"title": "t"}] * (MAX_TICKETS + 1)},
+        headers=_auth(),
+        timeout=30,
+    )
+    assert too_many.status_code == 413 and "at most 16" in too_many.json()["detail"]
+    long_text = requests.post(
+        f"{url}/v1/route",
+        json={"title": "disk full " * 5000, "description": "x" * 200_000},
+        headers=_auth(),
+        timeout=60,
+    )
+    assert long_text.status_code == 200  # truncated by the text builder, not rejected
+
+
+def test_auth_401_without_token_403_with_a_wrong_one(served: tuple[OncallConfig, str]) -> None:
+    url = served[1]
+    missing = requests.post(f"{url}/v1/route", json={"title": "t"}, timeout=30)
+    assert missing.status_code == 401 and missing.headers["WWW-Authenticate"] == "Bearer"
+    wrong = requests.get(f"{url}/v1/model", headers={"Authorization": "Bearer nope"}, timeout=30)
+    assert wrong.status_code == 403
+    basic = requests.post(
+        f"{url}/v1/feedback",
+        json={"ticket_id": "T", "tenant": "a"},
+        headers={"Authorization": "Basic dTpw"},
+        timeout=30,
+    )
+    assert basic.status_code == 401
+
+
+def test_concurrent_feedback_for_one_ticket_leaves_one_row(
+    served: tuple[OncallConfig, str], client: RouterClient
+) -> None:
+    config, _ = served
+    tenants = [f"team-{i}" for i in range(24)]
+    with ThreadPoolExecutor(8) as pool:
+        acks = list(pool.map(lambda tenant: client.feedback("INC-race", tenant, source="test"), tenants))
+    assert all(ack["stored"] for ack in acks)
+    rows = FeedbackStore(config.feedback_db_url).read()
+    race = rows[rows.ticket_id == "INC-race"]
+    assert len(race) == 1 and race.tenant.iloc[0] in tenants
+    client.feedback("INC-race", "the-final-owner")
+    assert FeedbackStore(config.feedback_db_url).get("INC-race").tenant == "the-final-owner"
+
+
+def test_hot_swap_under_load_loses_no_request_and_switches_version(
+    served: tuple[OncallConfig, str],
+    client: RouterClient,
+    trained_run: tuple[OncallConfig, TrainResult],
+    tickets: list[dict],
+) -> None:
+    config, _ = served
+    registry = Registry(config)
+    old = registry.get(alias=CHAMPION).version
+    seen: list[str] = []
+    failures: list[str] = []
+    stop = threading.Event()
+
+    def keep_routing() -> None:
+        i = 0
+        while not stop.is_set():
+            try:
+                seen.append(client.route(tickets[i % len(tickets)])["model"]["version"])
+            except (RouterHTTPError, requests.RequestException) as exc:
+                failures.append(repr(exc))
+            i += 1
+
+    workers = [threading.Thread(target=keep_routing) for _ in range(4)]
+    for worker in workers:
+        worker.start()
+    try:
+        time.sleep(1.0)
+        new = registry.register_run(trained_run[1].run_id, alias=CHAMPION).version
+        deadline = time.monotonic() + 60
+        while new not in seen[-4:] and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join(timeout=30)
+    assert not failures
+    assert seen[0] == old and seen[-1] == new
+    first_new = seen.index(new)
+    assert old not in seen[first_new + 8 :]  # once swapped, the old version is gone (one replica)
+    assert client.model()["version"] == new
+
+
+def _auth() -> dict[str, str]:
+    return {"Authorization": f"Bearer {TOKEN}"}
