@@ -266,6 +266,48 @@ def rollback_command(ctx: typer.Context) -> None:
     console.print(f"{config.registry.model_name}: champion {rolled_back} → {restored}")
 
 
+@app.command("serve")
+def serve_command(
+    ctx: typer.Context,
+    port: Annotated[int | None, typer.Option(min=1, max=65535, help="serve.port (default 8000).")] = None,
+    host: Annotated[str | None, typer.Option(help="serve.host (default 127.0.0.1).")] = None,
+    alias: Annotated[
+        str | None, typer.Option(help="Registry alias to serve and follow (serve.alias).")
+    ] = None,
+) -> None:
+    """Serve the routing endpoint (Ray Serve) until Ctrl-C; replicas follow the alias and switch
+    to a newly promoted version by themselves."""
+    import time
+
+    from ray import serve
+
+    from pipelines.ray_runtime import TerminatedError, ray_session
+    from serve.app import deploy
+    from serve.client import RouterClient
+
+    config = _config(ctx, **{"serve.port": port, "serve.host": host, "serve.alias": alias})
+    with ray_session():
+        try:
+            url = deploy(config)
+            console.print(f"routing endpoint: {url}  (API docs: {url}/docs)", markup=False)
+            console.print(f"serving models:/{config.registry.model_name}@{config.serve.alias}", markup=False)
+            if not RouterClient(url).ready():
+                console.print(
+                    f"warning: no version has alias '{config.serve.alias}' yet; /readyz answers 503 and "
+                    f"replicas load one within {config.serve.alias_poll_interval_s:g} s of its promotion",
+                    markup=False,
+                )
+            if config.serve.auth_tokens:
+                console.print("auth: on (Authorization: Bearer <token>)")
+            console.print("Ctrl-C stops it.")
+            while True:
+                time.sleep(1)
+        except (KeyboardInterrupt, TerminatedError):
+            console.print("stopping the routing endpoint")
+        finally:
+            serve.shutdown()
+
+
 def _print_decision(config: OncallConfig, decision: Any) -> None:
     """Reasons as whole lines (not wrapped in a table) so they can be read and grepped."""
     verdict = "PROMOTED to champion" if decision.promoted else "REJECTED (stays registered, never serves)"
@@ -309,10 +351,79 @@ def _add_metric_rows(table: Table, metrics: dict[str, float]) -> None:
         table.add_row(name, f"{value:.4f}" if isinstance(value, float) and abs(value) < 10 else f"{value:g}")
 
 
+@app.command("rescore")
+def rescore_command(
+    ctx: typer.Context,
+    archive: Annotated[str | None, typer.Option(help="Archive URI. Default: data.archive.")] = None,
+    out: Annotated[
+        str | None, typer.Option(help="Output root (rescore.out). Default: <data-dir>/scored.")
+    ] = None,
+    alias: Annotated[
+        str | None, typer.Option(help="Registry alias to score with. Default: champion.")
+    ] = None,
+    version: Annotated[str | None, typer.Option(help="Registered version to score with.")] = None,
+    since: DateOption = None,
+    until: DateOption = None,
+    on_bad_file: Annotated[
+        str | None,
+        typer.Option(help="fail: name a bad Parquet file and stop; skip: score the rest and list it."),
+    ] = None,
+) -> None:
+    """Score an archive in bulk with a registered version (Ray Data actor pool) into
+    <out>/model_version=<v>/date=YYYY-MM-DD/; committed days are skipped, so re-running resumes."""
+    from pipelines.rescore import RescoreRequest, rescore  # Ray + torch: only where needed
+
+    config = _config(ctx, **{"rescore.out": out, "rescore.on_bad_file": on_bad_file})
+    request = RescoreRequest(
+        archive_uri=archive, alias=alias, version=version, since=_date(since), until=_date(until)
+    )
+    _print_rescore(rescore(config, request))
+
+
+def _print_rescore(summary: Any) -> None:
+    """Totals and per-day counts as tables; skipped files and top misroutes as whole lines."""
+    table = Table(
+        title=f"rescore with {summary.model_name} version {summary.model_version}", show_header=False
+    )
+    table.add_row("archive", summary.archive)
+    table.add_row("output", summary.output)
+    table.add_row("MLflow run", f"{summary.run_id} (experiment rescore)")
+    table.add_row("days scored", str(len(summary.partitions)))
+    table.add_row("days already committed (skipped)", str(len(summary.already_committed)))
+    table.add_row("rows read", f"{summary.rows_read:,}")
+    table.add_row("rows scored", f"{summary.rows_scored:,}")
+    for reason, count in sorted(summary.rejected.items()):
+        table.add_row(f"rejected: {reason}", f"{count:,}")
+    table.add_row("abstained", f"{summary.abstained:,}")
+    table.add_row("misrouted", f"{summary.misrouted:,}")
+    if summary.previous_versions:
+        table.add_row(
+            f"changed vs version {', '.join(summary.previous_versions)}",
+            f"{summary.changed:,} of {summary.compared:,}",
+        )
+    table.add_row("files skipped", str(len(summary.skipped_files)))
+    table.add_row("seconds", f"{summary.seconds:.1f}")
+    console.print(table)
+    for day in summary.by_date().itertuples(index=False):
+        changed = f", {day.changed} of {day.compared} changed vs version {day.previous_version}"
+        console.print(
+            f"date {day.date}: {day.rows} rows, {day.scored} scored, {day.rejected} rejected, "
+            f"{day.abstained} abstained, {day.misrouted} misrouted{changed if day.previous_version else ''}",
+            markup=False,
+        )
+    for skipped in summary.skipped_files:
+        console.print(f"skipped file: {skipped.path}: {skipped.reason}", markup=False, style="red")
+    for service, count in summary.misrouted_services.most_common(5):
+        console.print(f"top misrouted service: {service} ({count})", markup=False)
+    for move, count in summary.misrouted_moves.most_common(5):
+        console.print(f"top misroute: {move} ({count})", markup=False)
+
+
 @app.command("demo")
 def demo(ctx: typer.Context) -> None:
     """The main job on the embedded default: sample archive and tiny base (reused when present),
-    then a first training run on the archive's first 20 days."""
+    a first training run on the archive's first 20 days, the promotion gate, a few tickets routed
+    over HTTP by the Serve endpoint, and a rescoring of the archive."""
     from pipelines.config import DEMO_CONFIG_FILE
     from pipelines.demo import run_demo  # Ray + torch: only where needed
 
@@ -322,7 +433,28 @@ def demo(ctx: typer.Context) -> None:
     console.print(f"tiny base: {result.base}")
     _print_training(config, result.training)
     _print_decision(config, result.decision)
+    if result.routed:
+        _print_routed(result.endpoint, result.routed)
+    if result.rescore is not None:
+        _print_rescore(result.rescore)
     console.print(f"MLflow UI: mlflow ui --backend-store-uri {config.tracking_uri}")
+
+
+def _print_routed(endpoint: str, routed: list[Any]) -> None:
+    table = Table(title=f"routed over HTTP by {endpoint}/v1/route")
+    for column in ("ticket", "title", "routed to", "confidence", "abstain", "owner in archive"):
+        table.add_column(column, overflow="fold")
+    for item in routed:
+        answer = item.answer
+        table.add_row(
+            answer["ticket_id"],
+            item.ticket["title"][:48],
+            answer["tenant"],
+            f"{answer['confidence']:.2f}",
+            "yes" if answer["abstain"] else "no",
+            item.owner,
+        )
+    console.print(table)
 
 
 def _print_manifest_summary(archive: Path, manifest: dict[str, Any]) -> None:

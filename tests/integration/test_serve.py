@@ -178,6 +178,34 @@ def test_concurrent_feedback_for_one_ticket_leaves_one_row(
     assert FeedbackStore(config.feedback_db_url).get("INC-race").tenant == "the-final-owner"
 
 
+def test_prometheus_metrics_are_exported(served: tuple[OncallConfig, str], client: RouterClient) -> None:
+    import ray
+
+    config, url = served
+    client.route({"title": "metrics probe"})
+    requests.post(f"{url}/v1/route", json={}, headers=_auth(), timeout=30)  # a 422
+    port = ray.nodes()[0]["MetricsExportPort"]
+    wanted = {
+        "200": lambda line: (
+            "oncall_router_requests" in line and 'route="/v1/route"' in line and 'status="200"' in line
+        ),
+        "422": lambda line: "oncall_router_requests" in line and 'status="422"' in line,
+        "batch size": lambda line: line.startswith("ray_oncall_router_batch_size_count"),
+        "version": lambda line: (
+            line.startswith("ray_oncall_router_model_version")
+            and line.endswith(f" {float(Registry(config).get(alias=CHAMPION).version)}")
+        ),
+    }
+    deadline = time.monotonic() + 45  # the metrics agent exports every few seconds
+    missing = set(wanted)
+    while missing and time.monotonic() < deadline:
+        lines = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text.splitlines()
+        missing = {name for name in missing if not any(wanted[name](line) for line in lines)}
+        if missing:
+            time.sleep(2)
+    assert not missing
+
+
 def test_hot_swap_under_load_loses_no_request_and_switches_version(
     served: tuple[OncallConfig, str],
     client: RouterClient,
