@@ -20,15 +20,9 @@ import pytest
 from pipelines.config import OncallConfig
 from pipelines.errors import ArchiveError
 from pipelines.predict import TicketClassifier
-from pipelines.rescore import (
-    MARKER,
-    MISROUTED_ARTIFACT,
-    REJECTED_DIR,
-    SCORED_SCHEMA,
-    PartitionResult,
-    RescoreRequest,
-    rescore,
-)
+from pipelines.rescore import RescoreRequest, rescore
+from pipelines.rescore_output import MARKER, REJECTED_DIR, SCORED_SCHEMA
+from pipelines.rescore_summary import MISROUTED_ARTIFACT, PartitionResult
 from pipelines.schema import REJECT_EMPTY_TITLE
 from pipelines.tracking import tracking_client
 from pipelines.train import TrainResult
@@ -139,7 +133,7 @@ def test_an_interrupted_run_resumes_without_duplicates(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     config, _ = trained_run
-    monkeypatch.setattr("pipelines.rescore.ROWS_PER_FILE", 150)  # several files per day
+    monkeypatch.setattr("pipelines.rescore_output.ROWS_PER_FILE", 100)  # several files per day
     out = tmp_path / "scored"
     request = RescoreRequest(
         archive_uri=str(small_archive[0]), out_uri=str(out), version="1", since=SINCE, until=UNTIL
