@@ -66,14 +66,15 @@ def deploy(config: OncallConfig) -> str:
     """Start Serve on the running Ray, deploy, and return the base URL once replicas are up
     (they are ready as soon as the alias has a version; until then /readyz answers 503)."""
     host, port = config.serve.host, config.serve.port
-    _check_port_free(host, port)
+    check_port_free(host, port)
     serve.start(http_options={"host": host, "port": port})
     serve.run(build_application(config), name=APP_NAME, route_prefix="/")
     shown_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     return f"http://{shown_host}:{port}"
 
 
-def _check_port_free(host: str, port: int) -> None:
+def check_port_free(host: str, port: int) -> None:
+    """A clear error instead of a proxy that fails to bind in the background."""
     with socket.socket() as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -95,3 +96,22 @@ def test_refusing_to_overwrite_is_a_clear_error(tmp_path: Path) -> None:
     done = run("sample-data", "--out", str(tmp_path), "--days", "1", "--tickets-per-day", "5")
     assert done.returncode == 2 and "is not empty" in done.stderr
     assert (tmp_path / "precious.txt").read_text() == "keep me"
+
+
+def test_serve_on_a_busy_port_is_a_clear_error_before_ray_starts(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        done = run("--data-dir", str(tmp_path), "serve", "--port", str(port))
+    assert done.returncode == 2
+    assert f"serve.port: cannot listen on 127.0.0.1:{port}" in done.stderr
+    assert "Traceback" not in done.stderr and "Started a local Ray" not in done.stderr
+
+
+def test_schedule_with_an_invalid_cron_is_one_line_before_anything_heavy(tmp_path: Path) -> None:
+    done = run("--data-dir", str(tmp_path), "schedule", "--cron", "not a cron")
+    assert done.returncode == 2
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "nightly.cron" in errors[0] and "'not a cron'" in errors[0], done.stderr
+    assert "Traceback" not in done.stderr and "next fire" not in done.stdout
