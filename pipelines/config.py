@@ -29,8 +29,15 @@ ENV_ALIASES: dict[str, tuple[str, ...]] = {
     "ONCALL_SERVE_TOKENS": ("serve", "auth_tokens"),
     "ONCALL_TRACKING_URI": ("registry", "tracking_uri"),
 }
-# Variables with the prefix that are not configuration (read by the test-suite or the CLI).
-ENV_NOT_CONFIG = ("ONCALL_TEST_", "ONCALL_CONFIG", "ONCALL_LOG_LEVEL")
+# Variables with the prefix that are not configuration (read by the test-suite, the CLI or the
+# notebooks).
+ENV_NOT_CONFIG = (
+    "ONCALL_TEST_",
+    "ONCALL_CONFIG",
+    "ONCALL_LOG_LEVEL",
+    "ONCALL_NOTEBOOK_",
+    "ONCALL_ROUTER_URL",
+)
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "platform" / "config"
 DEFAULT_CONFIG_FILE = CONFIG_DIR / "default.yaml"
@@ -282,12 +289,12 @@ def _environment_overrides(environ: Mapping[str, str]) -> list[tuple[tuple[str, 
         raw = environ[name]
         if name in ENV_ALIASES:
             path = ENV_ALIASES[name]
-            value: Any = _parse_env_value(name, raw)
+            value: Any = _parse_env_value(raw)
             if path == ("serve", "auth_tokens") and isinstance(value, str):
                 value = [token.strip() for token in value.split(",") if token.strip()]
         elif ENV_NESTING in name:
             path = tuple(part.lower() for part in name[len(ENV_PREFIX) :].split(ENV_NESTING))
-            value = _parse_env_value(name, raw)
+            value = _parse_env_value(raw)
         else:
             log.warning(
                 "ignoring environment variable %s: configuration variables look like "
@@ -299,11 +306,14 @@ def _environment_overrides(environ: Mapping[str, str]) -> list[tuple[tuple[str, 
     return found
 
 
-def _parse_env_value(name: str, raw: str) -> Any:
+def _parse_env_value(raw: str) -> Any:
+    """YAML (numbers, booleans, lists) where it parses, else the raw string: a cron such as
+    ``*/5 * * * *`` is not YAML (``*`` starts an alias). A wrong type is still named by the
+    model's validation."""
     try:
         return yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"environment variable {name}={raw!r} is not a valid value: {exc}") from None
+    except yaml.YAMLError:
+        return raw
 
 
 def _set_path(tree: dict[str, Any], path: tuple[str, ...], value: Any, origin: str) -> None:

@@ -51,8 +51,10 @@ def test_environment_values_are_parsed_and_aliases_apply(tmp_path: Path) -> None
             "ONCALL_TRAIN__USE_GPU": "true",
             "ONCALL_TEST_POSTGRES_URL": "postgresql://ignored",
             "ONCALL_LOG_LEVEL": "DEBUG",
+            "ONCALL_NIGHTLY__CRON": "*/30 2 * * *",  # not YAML (* starts an alias): kept as text
         }
     )
+    assert config.nightly.cron == "*/30 2 * * *"
     assert config.data.text_fields == ["title", "service"]
     assert config.serve.auth_tokens == ["alpha", "beta"]
     assert config.data_dir == tmp_path
@@ -82,6 +84,8 @@ def test_bad_environment_variable_names_the_key() -> None:
         load_config(environ={"ONCALL_TRAIN__NOPE": "1"})
     with pytest.raises(ConfigError, match=r"train\.epochs"):
         load_config(environ={"ONCALL_TRAIN__EPOCHS": "many"})
+    with pytest.raises(ConfigError, match=r"train\.epochs"):
+        load_config(environ={"ONCALL_TRAIN__EPOCHS": "*3"})
     with pytest.raises(ConfigError, match=r"'train\.epochs' is not a section"):
         load_config(environ={"ONCALL_TRAIN__EPOCHS__X": "1", "ONCALL_TRAIN__EPOCHS": "1"})
 
