@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import ray.data
 
-from pipelines.archive import PARTITION_KEY, check_archive, resolve
+from pipelines.archive import PARTITION_KEY, check_archive, list_partitions, resolve
 from pipelines.errors import ArchiveError
 from pipelines.labels import LabelSet
 from pipelines.schema import (
@@ -120,6 +120,52 @@ class PrepareTickets:
         frame[DAY_COLUMN] = frame[PATH_COLUMN].map(_day_of_path)
         frame[TEXT_COLUMN] = self.builder.build_many(frame)
         return frame[PREPARED_COLUMNS]
+
+
+class OverrideLabels:
+    """Labels given through the feedback endpoint replace the archive's for the same ticket
+    (and resolve tickets the archive left without an owner)."""
+
+    def __init__(self, overrides: dict[str, str]) -> None:
+        self.overrides = overrides
+
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        given = batch["ticket_id"].map(self.overrides)
+        batch[LABEL_COLUMN] = given.where(given.notna(), batch[LABEL_COLUMN])
+        return batch
+
+
+def with_label_overrides(prepared: ray.data.Dataset, overrides: dict[str, str]) -> ray.data.Dataset:
+    if not overrides:
+        return prepared
+    return prepared.map_batches(
+        OverrideLabels, fn_constructor_kwargs={"overrides": overrides}, batch_format="pandas"
+    )
+
+
+def replay_sample(
+    archive_uri: str,
+    builder: TextBuilder,
+    before: dt.date,
+    rows: int,
+    overrides: dict[str, str],
+    seed: int,
+) -> ray.data.Dataset | None:
+    """About ``rows`` valid, labelled tickets drawn uniformly from the days before ``before``:
+    training on them next to the new days keeps stable tenants from being forgotten."""
+    if rows <= 0 or not list_partitions(archive_uri, until=before - dt.timedelta(days=1)):
+        return None
+    older = with_label_overrides(
+        read_window(archive_uri, builder, None, before - dt.timedelta(days=1)), overrides
+    )
+    labelled = older.filter(
+        lambda row: row[REJECT_REASON_COLUMN] is None and row[LABEL_COLUMN] is not None
+    ).materialize()
+    available = labelled.count()
+    if available == 0:
+        return None
+    log.info("replaying %d of %d labelled tickets from before %s", min(rows, available), available, before)
+    return labelled if available <= rows else labelled.random_sample(rows / available, seed=seed)
 
 
 def _day_of_path(path: str) -> dt.date:

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from peft import LoraConfig as PeftLoraConfig
 from peft import PeftModel, TaskType, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+from safetensors.torch import load_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     AutoConfig,
@@ -250,6 +251,54 @@ def load_trainable_state(model: torch.nn.Module, state: dict[str, torch.Tensor])
             raise ModelError(f"checkpoint holds unexpected weights: {result.unexpected_keys[:5]}")
     else:
         model.load_state_dict(state)
+
+
+def saved_trainable_state(model_dir: Path, base_dir: Path) -> tuple[dict[str, torch.Tensor], LabelSet]:
+    """The trainable state of a saved classifier (what :func:`trainable_state_dict` returns for
+    it in training), to warm-start a new run from, and its labels. The new run must use the
+    same base and fine-tuning mode."""
+    descriptor = read_classifier_descriptor(model_dir)
+    if descriptor["finetune"] == "lora" and base_fingerprint(base_dir) != descriptor["base"]["fingerprint"]:
+        raise ModelError(
+            f"cannot warm-start from {model_dir}: it was trained on another base than {base_dir} "
+            f"(fingerprint {descriptor['base']['fingerprint']} != {base_fingerprint(base_dir)})"
+        )
+    folder = model_dir / (ADAPTER_DIR if descriptor["finetune"] == "lora" else WEIGHTS_DIR)
+    state: dict[str, torch.Tensor] = {}
+    for weights in sorted(folder.glob("*.safetensors")):
+        state.update(load_file(weights))
+    if not state:
+        raise ModelError(f"{folder} holds no safetensors weights")
+    return state, LabelSet.load(model_dir)
+
+
+def grow_head(
+    previous: dict[str, torch.Tensor], fresh: dict[str, torch.Tensor], known_labels: int
+) -> dict[str, torch.Tensor]:
+    """``previous`` reshaped onto a model whose head has more classes (``fresh``, its newly
+    initialised state): the head's rows of the ``known_labels`` old tenants are copied, the rows
+    of new tenants keep their fresh initialisation; every other weight must match exactly."""
+    grown = {}
+    for name, tensor in previous.items():
+        if name not in fresh:
+            raise ModelError(f"warm start: weight {name} does not exist in the new model")
+        target = fresh[name]
+        if tensor.shape == target.shape:
+            grown[name] = tensor
+        elif (
+            HEAD_NAME in name.split(".")
+            and tensor.shape[1:] == target.shape[1:]
+            and (tensor.shape[0] == known_labels <= target.shape[0])
+        ):
+            rows = target.detach().clone()
+            rows[:known_labels] = tensor
+            grown[name] = rows
+        else:
+            raise ModelError(
+                f"warm start: weight {name} has shape {tuple(tensor.shape)}, the new model "
+                f"{tuple(target.shape)} (another base or LoRA shape?)"
+            )
+    return grown
 
 
 def base_fingerprint(base_dir: Path) -> str:

@@ -35,9 +35,11 @@ from pipelines.data import (
     count_window,
     held_out_rows,
     read_window,
+    replay_sample,
     summarise,
     tokenized_splits,
     train_labels,
+    with_label_overrides,
 )
 from pipelines.errors import ConfigError, ModelError
 from pipelines.evaluate import Evaluation
@@ -47,9 +49,11 @@ from pipelines.model import (
     CLASSIFIER_DESCRIPTOR,
     PRESETS,
     build_classifier,
+    grow_head,
     load_tokenizer,
     load_trainable_state,
     save_classifier,
+    saved_trainable_state,
     trainable_state_dict,
 )
 from pipelines.packaging import CLASSIFIER_ARTIFACT, package_classifier
@@ -90,6 +94,12 @@ class TrainRequest:
     until: dt.date | None = None
     fault: FaultInjection | None = None
     register: bool = True  # register the classifier as a new version with alias `challenger`
+    # Incremental training: start from this classifier directory (same base), keep its tenants'
+    # ids and grow the head for new ones.
+    warm_start: Path | None = None
+    replay_rows: int = 0  # labelled tickets sampled from before `since`, trained on with the window
+    label_overrides: dict[str, str] = field(default_factory=dict)  # ticket_id → tenant (feedback)
+    run_tags: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -150,12 +160,37 @@ def _train(config: OncallConfig, request: TrainRequest) -> TrainResult:
     client = tracking_client(config)
     experiment_id = ensure_experiment(client, config, config.registry.experiment)
 
-    prepared = read_window(request.archive_uri, builder, request.since, request.until).materialize()
+    prepared = with_label_overrides(
+        read_window(request.archive_uri, builder, request.since, request.until), request.label_overrides
+    )
+    replay = (
+        replay_sample(
+            request.archive_uri,
+            builder,
+            request.since,
+            request.replay_rows,
+            request.label_overrides,
+            config.train.seed,
+        )
+        if request.since
+        else None
+    )
+    prepared = (prepared.union(replay) if replay is not None else prepared).materialize()
     counts = count_window(prepared)
     split = TimeSplit.from_days(
         sorted(counts["day"].unique()), config.data.validation_days, config.data.test_days
     )
     labels = train_labels(counts, split)
+    initial_state, known_labels = None, 0
+    if request.warm_start is not None:
+        initial_state, previous_labels = saved_trainable_state(request.warm_start, request.base_dir)
+        labels, known_labels = previous_labels.extended(labels.tenants), len(previous_labels)
+        log.info(
+            "warm start from %s: %d known tenant(s), %d new",
+            request.warm_start,
+            known_labels,
+            len(labels) - known_labels,
+        )
     stats = summarise(counts, split, labels)
     log.info(
         "window %s … %s: %d rows, %d rejected, %d unresolved, %d tenants; train/validation/test rows %s",
@@ -169,7 +204,9 @@ def _train(config: OncallConfig, request: TrainRequest) -> TrainResult:
     )
     datasets = tokenized_splits(prepared, split, labels, request.base_dir, config.model.max_length)
 
-    run = client.create_run(experiment_id, run_name=f"train-{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}")
+    run = client.create_run(
+        experiment_id, run_name=f"train-{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}", tags=request.run_tags
+    )
     run_id = run.info.run_id
     try:
         _log_inputs(client, run_id, config, request, split, labels, stats)
@@ -186,6 +223,8 @@ def _train(config: OncallConfig, request: TrainRequest) -> TrainResult:
             "tracking_uri": config.tracking_uri,
             "run_id": run_id,
             "fault": asdict(request.fault) if request.fault else None,
+            "initial_state": initial_state,
+            "known_labels": known_labels,
         }
         trainer = ray.train.torch.TorchTrainer(
             train_loop,
@@ -260,6 +299,9 @@ def _log_inputs(
             "window.validation": f"{split.validation[0]}..{split.validation[-1]}",
             "window.test": f"{split.test[0]}..{split.test[-1]}",
             "num_labels": str(len(labels)),
+            "warm_start": str(request.warm_start or ""),
+            "replay_rows": str(request.replay_rows),
+            "label_overrides": str(len(request.label_overrides)),
         }
     )
     for name, value in params.items():
@@ -327,6 +369,11 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     progress = {"epoch": -1, "step": 0, "resumed_from_step": 0}
     checkpoint = ray.train.get_checkpoint()
     optimizer_state = None
+    if checkpoint is None and loop_config["initial_state"] is not None:
+        fresh = trainable_state_dict(model)
+        load_trainable_state(
+            model, grow_head(loop_config["initial_state"], fresh, loop_config["known_labels"])
+        )
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             load_trainable_state(model, load_file(Path(folder) / CHECKPOINT_STATE))
