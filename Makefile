@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: venv demo test unit integration lint format clean
+.PHONY: venv demo test unit integration lint format strip-notebooks clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,10 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
+
+# Notebooks are committed without outputs (a test checks it).
+strip-notebooks: $(STAMP)
+	$(BIN)/python notebooks/strip_outputs.py
 
 clean:
 	rm -rf .oncall .pytest_cache .ruff_cache
