@@ -282,10 +282,11 @@ def serve_command(
     from ray import serve
 
     from pipelines.ray_runtime import TerminatedError, ray_session
-    from serve.app import deploy
+    from serve.app import check_port_free, deploy
     from serve.client import RouterClient
 
     config = _config(ctx, **{"serve.port": port, "serve.host": host, "serve.alias": alias})
+    check_port_free(config.serve.host, config.serve.port)  # before Ray starts: fail fast
     with ray_session():
         try:
             url = deploy(config)
@@ -419,11 +420,88 @@ def _print_rescore(summary: Any) -> None:
         console.print(f"top misroute: {move} ({count})", markup=False)
 
 
+@app.command("schedule")
+def schedule_command(
+    ctx: typer.Context,
+    cron: Annotated[
+        str | None, typer.Option(help="nightly.cron (default '0 2 * * *'), evaluated in UTC.")
+    ] = None,
+    max_runs: Annotated[
+        int | None, typer.Option(min=1, help="Stop after this many nightly runs. Default: run until stopped.")
+    ] = None,
+) -> None:
+    """Run the nightly on a cron schedule until Ctrl-C (or SIGTERM): a fire at T runs the nightly
+    of T's date minus one day (UTC); on start, the latest missed date runs once."""
+    from pipelines.schedule import due_date, next_fires, nightly_date, run_schedule, validate_cron
+
+    config = _config(ctx, **{"nightly.cron": cron})
+    expression = validate_cron(config.nightly.cron)  # before anything heavy: fail fast
+    now = dt.datetime.now(dt.UTC)
+    for fire in next_fires(expression, now, 3):
+        console.print(
+            f"next fire: {fire:%Y-%m-%d %H:%M} UTC → nightly for {nightly_date(fire)}",
+            markup=False,
+        )
+
+    from pipelines.nightly import NightlyRequest, last_successful_date, run_nightly  # Ray + torch
+    from pipelines.ray_runtime import TerminatedError, ray_session
+
+    done = last_successful_date(config)
+    console.print(f"last successful nightly: {done or 'none'}", markup=False)
+    due = due_date(expression, done, now)
+    if due is not None:
+        console.print(f"missed or pending: nightly for {due} runs now", markup=False)
+    with ray_session():  # one Ray for every run; SIGTERM unwinds through it
+        try:
+            runs = run_schedule(
+                expression,
+                run=lambda date: _print_nightly(run_nightly(config, NightlyRequest(date=date))),
+                last_done=lambda: last_successful_date(config),
+                max_runs=max_runs,
+                stop_on=(TerminatedError,),
+            )
+            console.print(f"scheduler: {runs} nightly run(s), stopping")
+        except (KeyboardInterrupt, TerminatedError):
+            console.print("stopping the scheduler")
+
+
+@app.command("nightly")
+def nightly_command(
+    ctx: typer.Context,
+    date: Annotated[
+        dt.datetime | None,
+        typer.Option(
+            formats=["%Y-%m-%d"], help="The day to run for. Default: yesterday (UTC).", show_default=False
+        ),
+    ] = None,
+    archive: Annotated[str | None, typer.Option(help="Archive URI. Default: data.archive.")] = None,
+) -> None:
+    """The online-learning loop for one date: new archive days + feedback → incremental training
+    (warm start, replay, head growth) → register → gate → promote → rescore. Re-running a
+    finished date does nothing; a crashed one resumes."""
+    from pipelines.nightly import NightlyRequest, default_date, run_nightly  # Ray + torch
+
+    config = _config(ctx)
+    summary = run_nightly(config, NightlyRequest(date=_date(date) or default_date(), archive_uri=archive))
+    _print_nightly(summary)
+
+
+def _print_nightly(summary: Any) -> None:
+    from pipelines.nightly import describe
+
+    table = Table(title=f"nightly {summary.date}", show_header=False)
+    for name, value in describe(summary).items():
+        table.add_row(name, str(value))
+    console.print(table)
+    for reason in summary.reasons:
+        console.print(f"  gate reason: {reason}", markup=False)
+
+
 @app.command("demo")
 def demo(ctx: typer.Context) -> None:
-    """The main job on the embedded default: sample archive and tiny base (reused when present),
-    a first training run on the archive's first 20 days, the promotion gate, a few tickets routed
-    over HTTP by the Serve endpoint, and a rescoring of the archive."""
+    """The main job end to end on the embedded default: sample archive and tiny base, first
+    champion, Serve up, tickets routed over HTTP, the next days arrive, nightly (warm start, new
+    tenants, gate), the new champion hot-swapped into Serve, the tickets again, rescoring."""
     from pipelines.config import DEMO_CONFIG_FILE
     from pipelines.demo import run_demo  # Ray + torch: only where needed
 
@@ -431,30 +509,65 @@ def demo(ctx: typer.Context) -> None:
     result = run_demo(config)
     _print_manifest_summary(result.archive, result.manifest)
     console.print(f"tiny base: {result.base}")
-    _print_training(config, result.training)
-    _print_decision(config, result.decision)
-    if result.routed:
-        _print_routed(result.endpoint, result.routed)
-    if result.rescore is not None:
-        _print_rescore(result.rescore)
-    console.print(f"MLflow UI: mlflow ui --backend-store-uri {config.tracking_uri}")
+    if result.training is not None:
+        _print_training(config, result.training)
+        _print_decision(config, result.decision)
+    else:
+        console.print(f"first champion: version {result.first_champion} (reused from an earlier run)")
+    _print_nightly(result.nightly)
+    _print_shown(result)
+    _print_rescore(result.rescore)
+    _print_demo_summary(config, result)
 
 
-def _print_routed(endpoint: str, routed: list[Any]) -> None:
-    table = Table(title=f"routed over HTTP by {endpoint}/v1/route")
-    for column in ("ticket", "title", "routed to", "confidence", "abstain", "owner in archive"):
+def _print_shown(result: Any) -> None:
+    before, after = result.shown[0].before["model"]["version"], result.shown[0].after["model"]["version"]
+    table = Table(
+        title=f"held-out tickets routed by {result.endpoint}/v1/route/batch, before and after nightly"
+    )
+    for column in ("ticket", "kind", "owner", f"v{before} → (confidence)", f"v{after} → (confidence)"):
         table.add_column(column, overflow="fold")
-    for item in routed:
-        answer = item.answer
+    for item in result.shown:
         table.add_row(
-            answer["ticket_id"],
-            item.ticket["title"][:48],
-            answer["tenant"],
-            f"{answer['confidence']:.2f}",
-            "yes" if answer["abstain"] else "no",
+            item.ticket["ticket_id"],
+            item.kind,
             item.owner,
+            _answer(item.before, item.owner),
+            _answer(item.after, item.owner),
         )
     console.print(table)
+
+
+def _answer(answer: dict[str, Any], owner: str) -> str:
+    mark = "✓" if answer["tenant"] == owner else "✗"
+    abstain = ", abstain" if answer["abstain"] else ""
+    return f"{mark} {answer['tenant']} ({answer['confidence']:.2f}{abstain})"
+
+
+def _print_demo_summary(config: OncallConfig, result: Any) -> None:
+    right = {
+        "before": sum(item.before["tenant"] == item.owner for item in result.shown),
+        "after": sum(item.after["tenant"] == item.owner for item in result.shown),
+    }
+    table = Table(title="demo summary", show_header=False)
+    table.add_row("first champion", f"version {result.first_champion}")
+    table.add_row(
+        "nightly", f"{result.nightly.date}: {result.nightly.status}, gate {result.nightly.decision or '-'}"
+    )
+    table.add_row("champion now", f"version {result.nightly.champion_after}")
+    table.add_row("hot swap seen by the endpoint after", f"{result.hot_swap_seconds:.1f} s (no restart)")
+    table.add_row(
+        "held-out tickets routed right",
+        f"{right['before']}/{len(result.shown)} before → {right['after']}/{len(result.shown)} after",
+    )
+    table.add_row("rescored", f"{result.rescore.rows_read:,} rows into {result.rescore.output}")
+    console.print(table)
+    console.print(f"MLflow UI: mlflow ui --backend-store-uri {config.tracking_uri}", markup=False)
+    console.print(
+        "Ray dashboard: run on a started cluster (ray start --head --dashboard-host 127.0.0.1; "
+        "RAY_ADDRESS=auto oncall-router serve), then open http://127.0.0.1:8265",
+        markup=False,
+    )
 
 
 def _print_manifest_summary(archive: Path, manifest: dict[str, Any]) -> None:
