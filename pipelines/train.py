@@ -40,6 +40,7 @@ from pipelines.data import (
     tokenized_splits,
     train_labels,
     with_label_overrides,
+    without_stale_ownership,
 )
 from pipelines.errors import ConfigError, ModelError
 from pipelines.evaluate import Evaluation
@@ -176,10 +177,11 @@ def _train(config: OncallConfig, request: TrainRequest) -> TrainResult:
         else None
     )
     prepared = (prepared.union(replay) if replay is not None else prepared).materialize()
-    counts = count_window(prepared)
     split = TimeSplit.from_days(
-        sorted(counts["day"].unique()), config.data.validation_days, config.data.test_days
+        sorted(count_window(prepared)["day"].unique()), config.data.validation_days, config.data.test_days
     )
+    prepared = without_stale_ownership(prepared, split.train)
+    counts = count_window(prepared)
     labels = train_labels(counts, split)
     initial_state, known_labels = None, 0
     if request.warm_start is not None:

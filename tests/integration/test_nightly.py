@@ -24,10 +24,11 @@ from tests.conftest import small_config
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 
-# Seed 4 moves one service on day 8 and brings a new tenant on day 10: the champion (days 1–7)
-# knows neither; the nightly window (days 8–16) trains on days 8–12 and tests on 15–16.
+# Seed 34 moves a busy service on day 11 and brings a new tenant on day 10: the champion
+# (days 1–7) knows neither; the nightly window (days 8–16) trains on days 8–12 (+ replay),
+# validates on 13–14 and tests on 15–16.
 SPEC = SampleSpec(
-    days=16, tickets_per_day=300, tenants=16, new_tenants=1, moves=1, start=dt.date(2026, 10, 1), seed=4
+    days=16, tickets_per_day=300, tenants=16, new_tenants=1, moves=1, start=dt.date(2026, 10, 1), seed=34
 )
 CHAMPION_UNTIL = SPEC.start + dt.timedelta(days=6)
 NIGHTLY_DATE = SPEC.start + dt.timedelta(days=SPEC.days - 1)
@@ -40,7 +41,9 @@ def world(tmp_path_factory: pytest.TempPathFactory, tiny_base: Path) -> tuple[On
     manifest = generate_archive(SPEC, root / "archive")
     (move,) = manifest["ownership_moves"]
     (new_tenant,) = manifest["new_tenants"]
-    assert CHAMPION_UNTIL < dt.date.fromisoformat(move["date"]) < dt.date.fromisoformat(new_tenant["date"])
+    learnable_until = NIGHTLY_DATE - dt.timedelta(days=4)  # the window's last training day
+    for change in (move, new_tenant):
+        assert CHAMPION_UNTIL < dt.date.fromisoformat(change["date"]) <= learnable_until
     config = small_config(
         root,
         **{
@@ -122,6 +125,7 @@ def test_nightly_learns_the_move_and_the_new_tenant_resumes_after_a_crash_and_is
         "held-out accuracy "
         + ", ".join(f"{name} {accuracy[first, name]:.2f} → {accuracy[second, name]:.2f}" for name in groups)
     )
-    assert accuracy[first, "new tenant"] == 0.0 and accuracy[second, "new tenant"] >= 0.6
-    assert accuracy[first, "moved service"] <= 0.2 and accuracy[second, "moved service"] >= 0.6
+    # Measured here: moved service 0.01 → 0.98, new tenant 0.00 → 0.69 (chance: 1/17).
+    assert accuracy[first, "new tenant"] == 0.0 and accuracy[second, "new tenant"] >= 0.5
+    assert accuracy[first, "moved service"] <= 0.2 and accuracy[second, "moved service"] >= 0.8
     assert accuracy[second, "stable"] >= accuracy[first, "stable"] - config.promotion.top1_tolerance - 0.02

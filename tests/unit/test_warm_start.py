@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
+from pipelines.data import DAY_COLUMN, changed_owners
 from pipelines.errors import ModelError
 from pipelines.labels import LabelSet
 from pipelines.model import grow_head
 from pipelines.nightly import NightlyLockedError, exclusive_lock
+from pipelines.schema import LABEL_COLUMN
 
 HEAD = "base_model.model.score.weight"
 LORA = "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"
@@ -60,3 +64,33 @@ def test_nightly_lock_refuses_a_second_holder_and_names_the_first(tmp_path: Path
         held.__exit__(None, None, None)
     with exclusive_lock(path):  # released
         pass
+
+
+def owner_counts(days: dict[str, list[tuple[int, str, int]]]) -> pd.DataFrame:
+    """service → [(day, tenant, tickets)] as the counts ownership_changes aggregates."""
+    start = dt.date(2026, 10, 1)
+    return pd.DataFrame(
+        [
+            {
+                "service": service,
+                DAY_COLUMN: start + dt.timedelta(days=day),
+                LABEL_COLUMN: tenant,
+                "rows": rows,
+            }
+            for service, entries in days.items()
+            for day, tenant, rows in entries
+        ]
+    )
+
+
+def test_changed_owners_finds_moves_and_ignores_blips_shared_and_stable_services() -> None:
+    totals = owner_counts(
+        {
+            "moved": [(0, "a", 9), (1, "a", 8), (2, "b", 3), (3, "b", 4)],
+            "stable": [(0, "a", 5), (1, "a", 5), (2, "a", 5)],
+            "blip": [(0, "a", 5), (1, "a", 5), (2, "b", 5)],  # one day is not a change
+            "shared": [(0, "a", 5), (0, "b", 5), (1, "b", 5), (1, "a", 5), (2, "b", 9)],
+            "thin": [(0, "a", 5), (1, "b", 1), (2, "b", 1)],  # too few tickets for the new owner
+        }
+    )
+    assert changed_owners(totals) == {"moved": "b"}
