@@ -555,7 +555,11 @@ def _print_demo_summary(config: OncallConfig, result: Any) -> None:
         "nightly", f"{result.nightly.date}: {result.nightly.status}, gate {result.nightly.decision or '-'}"
     )
     table.add_row("champion now", f"version {result.nightly.champion_after}")
-    table.add_row("hot swap seen by the endpoint after", f"{result.hot_swap_seconds:.1f} s (no restart)")
+    table.add_row(
+        "running endpoint switched",
+        f"by itself (alias watch, no restart); on v{result.nightly.champion_after} "
+        f"{result.hot_swap_seconds:.1f} s after nightly returned",
+    )
     table.add_row(
         "held-out tickets routed right",
         f"{right['before']}/{len(result.shown)} before → {right['after']}/{len(result.shown)} after",
