@@ -137,11 +137,16 @@ class _NightlyRun:
 
     def _ingest(self) -> str:
         """New days: partitions after what the last successful run (or the champion) covered."""
-        covered = _ingested_until(self.config, self.registry)
+        finished = _finished_runs(self.config)
+        covered = _ingested_until(finished, self.registry)
         days = [p.day for p in list_partitions(self.archive, until=self.date)]
         self.summary.new_days = [day for day in days if covered is None or day > covered]
         self.feedback = FeedbackStore(self.config.feedback_db_url).read()
-        since_last = self._last_finished_at()
+        since_last = (
+            dt.datetime.fromtimestamp(max(r.info.end_time for r in finished) / 1000, dt.UTC)
+            if finished
+            else None
+        )
         recent = (
             self.feedback if since_last is None else self.feedback[self.feedback.received_at > since_last]
         )
@@ -268,12 +273,6 @@ class _NightlyRun:
         )
         return finished[0].info.run_id if finished else None
 
-    def _last_finished_at(self) -> dt.datetime | None:
-        runs = _finished_runs(self.config)
-        if not runs:
-            return None
-        return dt.datetime.fromtimestamp(max(r.info.end_time for r in runs) / 1000, dt.UTC)
-
     def _finish(self, ingested_until: str) -> None:
         summary = self.summary
         tags = {
@@ -309,13 +308,12 @@ def _finished_runs(config: OncallConfig) -> list[Run]:
     return client.search_runs([experiment.experiment_id], filter_string="attributes.status = 'FINISHED'")
 
 
-def _ingested_until(config: OncallConfig, registry: Registry) -> dt.date | None:
+def _ingested_until(finished: list[Run], registry: Registry) -> dt.date | None:
     """The last archive day already learned from: the last successful nightly run's, else the
     end of the champion's training data (its test days were seen in evaluation only, but they
     are the days before the first nightly)."""
-    runs = _finished_runs(config)
-    if runs:
-        return max(dt.date.fromisoformat(r.data.tags[INGESTED_TAG]) for r in runs)
+    if finished:
+        return max(dt.date.fromisoformat(r.data.tags[INGESTED_TAG]) for r in finished)
     champion = registry.alias_or_none(CHAMPION)
     window = champion.tags.get("window.test", "") if champion else ""
     return dt.date.fromisoformat(window.split("..")[-1]) if window else None

@@ -177,11 +177,13 @@ def _train(config: OncallConfig, request: TrainRequest) -> TrainResult:
         else None
     )
     prepared = (prepared.union(replay) if replay is not None else prepared).materialize()
-    split = TimeSplit.from_days(
-        sorted(count_window(prepared)["day"].unique()), config.data.validation_days, config.data.test_days
-    )
-    prepared = without_stale_ownership(prepared, split.train)
     counts = count_window(prepared)
+    split = TimeSplit.from_days(
+        sorted(counts["day"].unique()), config.data.validation_days, config.data.test_days
+    )
+    marked = without_stale_ownership(prepared, split.train)
+    if marked is not prepared:  # some tickets are now counted as stale: count again
+        prepared, counts = marked, count_window(marked)
     labels = train_labels(counts, split)
     initial_state, known_labels = None, 0
     if request.warm_start is not None:
