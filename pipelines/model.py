@@ -13,9 +13,9 @@ import json
 import logging
 import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from peft import LoraConfig as PeftLoraConfig
@@ -33,9 +33,11 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
-from pipelines.config import ModelConfig
 from pipelines.errors import ModelError
 from pipelines.labels import LabelSet
+
+if TYPE_CHECKING:
+    from pipelines.config import ModelConfig
 
 log = logging.getLogger(__name__)
 
@@ -117,9 +119,12 @@ def build_preset_base(
     max_length: int,
     seed: int = 0,
     overwrite: bool = False,
+    shape: Mapping[str, Any] | None = None,
 ) -> Path:
     """Train a tokenizer on ``texts``, build a random-init base of ``preset`` and save both.
 
+    ``shape`` overrides the preset's architecture (e.g. a larger, compute-bound model for load
+    tests and benchmarks).
     Saved as a Qwen3 causal-LM directory, like a published checkpoint, so that the same
     :func:`load_base_classifier` serves both. Written aside and moved into place, so a crash
     never leaves a half-written base behind.
@@ -130,6 +135,7 @@ def build_preset_base(
     pad_id = tokenizer.pad_token_id
     config = preset_config(
         preset,
+        **(shape or {}),
         vocab_size=len(tokenizer),
         pad_token_id=pad_id,
         eos_token_id=pad_id,
@@ -144,6 +150,7 @@ def build_preset_base(
         tokenizer.save_pretrained(staging)
         descriptor = {
             "preset": preset,
+            "shape": dict(shape or {}),
             "seed": seed,
             "vocab_size": len(tokenizer),
             "parameters": sum(p.numel() for p in model.parameters()),
@@ -223,6 +230,13 @@ def build_classifier(
     """The trainable classifier: LoRA on the configured projections with the ``score`` head
     trained fully, or (``finetune: full``) every weight trainable. One code path for both."""
     model = load_base_classifier(base_dir, num_labels, pad_token_id=pad_token_id)
+    return wrap_for_finetune(model, model_config)
+
+
+def wrap_for_finetune(model: Qwen3ForSequenceClassification, model_config: ModelConfig) -> torch.nn.Module:
+    """``model`` as :func:`build_classifier` trains it: wrapped in LoRA (``score`` head fully
+    trained) or, for ``finetune: full``, unchanged. Reads ``finetune`` and ``lora`` only, so the
+    GPU benchmark calls it on a random-init model without a base directory."""
     if model_config.finetune == "full":
         return model
     lora = model_config.lora

@@ -9,12 +9,14 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch.nn import functional as F  # noqa: N812
 
-from pipelines.config import TrainConfig
+if TYPE_CHECKING:
+    from pipelines.config import TrainConfig
 
 
 def pad_batch(input_ids: Sequence[Sequence[int]], pad_token_id: int) -> dict[str, torch.Tensor]:
