@@ -281,13 +281,13 @@ def serve_command(
 
     from ray import serve
 
-    from pipelines.ray_runtime import TerminatedError, ray_session
+    from pipelines.ray_runtime import TerminatedError, ray_session, serve_environment
     from serve.app import check_port_free, deploy
     from serve.client import RouterClient
 
     config = _config(ctx, **{"serve.port": port, "serve.host": host, "serve.alias": alias})
     check_port_free(config.serve.host, config.serve.port)  # before Ray starts: fail fast
-    with ray_session():
+    with ray_session(serve_environment(config.serve)):
         try:
             url = deploy(config)
             console.print(f"routing endpoint: {url}  (API docs: {url}/docs)", markup=False)

@@ -165,6 +165,11 @@ class ServeConfig(_Section):
     alias_poll_interval_s: float = Field(default=10.0, gt=0)
     replica_cpus: float = Field(default=1.0, gt=0, description="Logical CPUs per model replica.")
     replica_gpus: float = Field(default=0.0, ge=0, description="GPUs per model replica (0: CPU).")
+    throughput_optimized: bool = Field(
+        default=True,
+        description="A local Ray started to serve gets RAY_SERVE_THROUGHPUT_OPTIMIZED=1 (direct "
+        "ingress, gRPC between deployments); on a cluster, set it in the nodes' environment.",
+    )
     auth_tokens: list[str] = Field(default_factory=list, description="Empty: no auth.")
     feedback_db_url: str | None = Field(
         default=None, description="SQLAlchemy URL; default sqlite:///<data_dir>/feedback.db."

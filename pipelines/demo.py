@@ -26,7 +26,7 @@ from pipelines.config import OncallConfig
 from pipelines.model import BASE_DESCRIPTOR
 from pipelines.nightly import NightlyRequest, NightlySummary, run_nightly
 from pipelines.promotion import Decision, promote
-from pipelines.ray_runtime import ray_session
+from pipelines.ray_runtime import ray_session, serve_environment
 from pipelines.registry import CHAMPION, Registry, VersionRef
 from pipelines.rescore import RescoreRequest, rescore
 from pipelines.rescore_summary import RescoreSummary
@@ -84,7 +84,7 @@ def ensure_sample_archive(archive: Path, spec: SampleSpec) -> tuple[dict[str, An
 
 
 def run_demo(config: OncallConfig, spec: SampleSpec = DEMO_SPEC) -> DemoResult:
-    with ray_session():  # one local Ray for every step
+    with ray_session(serve_environment(config.serve)):  # one local Ray for every step
         return _run_demo(config, spec)
 
 

@@ -7,11 +7,13 @@ import logging
 import os
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from types import FrameType
 
 import ray
+
+from pipelines.config import ServeConfig
 
 log = logging.getLogger(__name__)
 
@@ -25,15 +27,28 @@ class TerminatedError(Exception):
     """SIGTERM arrived: unwind so that Ray is shut down instead of leaking raylet/GCS."""
 
 
+def serve_environment(settings: ServeConfig) -> dict[str, str]:
+    """Variables a Ray cluster must start with to serve as configured (Serve reads them once,
+    in each of its processes)."""
+    return {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"} if settings.throughput_optimized else {}
+
+
 @contextmanager
-def ray_session() -> Iterator[None]:
+def ray_session(environment: Mapping[str, str] | None = None) -> Iterator[None]:
     """Use the running Ray (tests, notebooks), the cluster in ``RAY_ADDRESS``, or a local one
-    started here and shut down on exit, SIGTERM included."""
+    started here (with ``environment`` set first, so its processes inherit it) and shut down
+    on exit, SIGTERM included."""
     started = False
     if not ray.is_initialized():
         if os.environ.get("RAY_ADDRESS"):
+            if environment:
+                log.info(
+                    "using the cluster in RAY_ADDRESS: its own environment decides %s", sorted(environment)
+                )
             ray.init(log_to_driver=True)
         else:
+            for name, value in (environment or {}).items():
+                os.environ.setdefault(name, value)  # an explicit setting wins
             cpus = max(MIN_LOCAL_LOGICAL_CPUS, os.cpu_count() or 1)
             ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=True)
         started = True

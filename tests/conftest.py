@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -63,8 +64,14 @@ def ray_cluster() -> Iterator[None]:
     """One local Ray for the whole session; jobs see it initialised and reuse it."""
     import ray
 
-    from pipelines.ray_runtime import MIN_LOCAL_LOGICAL_CPUS
+    from pipelines.config import ServeConfig
+    from pipelines.ray_runtime import MIN_LOCAL_LOGICAL_CPUS, serve_environment
 
+    # Serve in the shipped mode (what `oncall-router serve` starts a local Ray with); tests
+    # restart Serve often, and no load balancer needs direct ingress's 30 s draining here.
+    environment = {**serve_environment(ServeConfig()), "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1"}
+    for name, value in environment.items():
+        os.environ.setdefault(name, value)
     ray.init(num_cpus=MIN_LOCAL_LOGICAL_CPUS, include_dashboard=False, log_to_driver=True)
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield

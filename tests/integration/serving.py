@@ -4,6 +4,7 @@ always torn down."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,6 +15,9 @@ from pipelines.archive import list_partitions
 from pipelines.config import OncallConfig
 from tests.conftest import small_config
 from tests.integration.mlflow_server import free_port
+
+CONTROLLER_NAME = "SERVE_CONTROLLER_ACTOR"  # ray.serve._private.constants
+SERVE_NAMESPACE = "serve"
 
 
 def serving_config(
@@ -44,6 +48,22 @@ def deployed(config: OncallConfig) -> Iterator[str]:
         yield deploy(config)
     finally:
         serve.shutdown()
+        _wait_controller_gone()
+
+
+def _wait_controller_gone(timeout_s: float = 60.0) -> None:
+    """With direct ingress (throughput-optimized Serve) the controller may outlive
+    ``serve.shutdown()`` for a while; the next ``serve.start`` must not connect to it."""
+    import ray
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            ray.get_actor(CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+        except ValueError:
+            return
+        time.sleep(0.5)
+    raise TimeoutError(f"the Serve controller still exists {timeout_s:.0f} s after serve.shutdown()")
 
 
 def archive_tickets(archive: Path, n: int) -> list[dict]:
