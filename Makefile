@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: venv demo test unit integration lint format strip-notebooks clean
+.PHONY: venv demo test unit integration lint format strip-notebooks bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,16 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
+
+# Side-by-side benchmarks (not tests; about an hour on 2 cores): each prints its table and appends
+# it to benchmarks/RESULTS.md. Without a GPU, `gpu` checks its code path at a reduced shape.
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.serve --base tiny
+	$(BIN)/python -m benchmarks.serve --base compute-bound
+	$(BIN)/python -m benchmarks.rescore
+	$(BIN)/python -m benchmarks.train
+	if $(BIN)/python -c "import torch; assert torch.cuda.is_available()" 2>/dev/null; \
+	then $(BIN)/python -m benchmarks.gpu; else $(BIN)/python -m benchmarks.gpu --reduced --device cpu; fi
 
 # Notebooks are committed without outputs (a test checks it).
 strip-notebooks: $(STAMP)
