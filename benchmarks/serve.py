@@ -54,6 +54,8 @@ def contenders(workspace: Workspace, replicas: int) -> dict[str, Contender]:
     serve_env = {
         "ONCALL_SERVE__MIN_REPLICAS": str(replicas),
         "ONCALL_SERVE__MAX_REPLICAS": str(replicas),
+        # Stopping a direct-ingress server waits this long for load balancers; none here.
+        "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1",
     }
 
     def ours(port: int) -> list[str]:

@@ -17,7 +17,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import ray.data
@@ -43,8 +43,6 @@ from pipelines.data import (
     without_stale_ownership,
 )
 from pipelines.errors import ConfigError, ModelError
-from pipelines.evaluate import Evaluation
-from pipelines.evaluate_run import log_evaluation, score_rows
 from pipelines.labels import LabelSet
 from pipelines.model import (
     CLASSIFIER_DESCRIPTOR,
@@ -57,18 +55,14 @@ from pipelines.model import (
     saved_trainable_state,
     trainable_state_dict,
 )
-from pipelines.packaging import CLASSIFIER_ARTIFACT, package_classifier
 from pipelines.predict import TicketClassifier
 from pipelines.ray_runtime import ray_session
-from pipelines.registry import Registry
 from pipelines.schema import TextBuilder
-from pipelines.tracking import (
-    EVALUATION_ARTIFACT,
-    MODEL_ARTIFACT,
-    ensure_experiment,
-    flatten_params,
-    tracking_client,
-)
+
+# Every Ray Train worker imports this module to unpickle train_loop: modules that only the
+# driver needs (MLflow, scikit-learn: ~1 s of imports per worker here) are imported where used.
+if TYPE_CHECKING:
+    from pipelines.evaluate import Evaluation
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +70,12 @@ CHECKPOINT_STATE = "trainable.safetensors"
 CHECKPOINT_OPTIMIZER = "optimizer.pt"
 CHECKPOINT_PROGRESS = "progress.json"
 LOG_EVERY_STEPS = 50
+# Train v2's controller polls its workers every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (2 s by
+# default) and a fit returns one or two polls after the last report: ~2-3 s of a ~18 s fixed
+# cost on a small CPU fit (benchmarks/train.py). A poll is one cheap RPC per worker. The driver's
+# environment is read when fit() starts the controller; a value the user set wins.
+HEALTH_CHECK_INTERVAL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
+HEALTH_CHECK_INTERVAL_S = "0.5"
 
 
 @dataclass(frozen=True)
@@ -115,6 +115,8 @@ class TrainResult:
 
     @property
     def model_uri(self) -> str:
+        from pipelines.tracking import MODEL_ARTIFACT
+
         return f"runs:/{self.run_id}/{MODEL_ARTIFACT}"
 
     @property
@@ -154,6 +156,11 @@ def train(config: OncallConfig, request: TrainRequest) -> TrainResult:
 
 
 def _train(config: OncallConfig, request: TrainRequest) -> TrainResult:
+    from pipelines.evaluate_run import log_evaluation, score_rows
+    from pipelines.packaging import CLASSIFIER_ARTIFACT, package_classifier
+    from pipelines.registry import Registry
+    from pipelines.tracking import EVALUATION_ARTIFACT, MODEL_ARTIFACT, ensure_experiment, tracking_client
+
     if config.train.use_gpu and ray.cluster_resources().get("GPU", 0) <= 0:
         raise ConfigError("train.use_gpu is set (--gpu) but the Ray cluster has no GPUs")
     builder = TextBuilder.from_config(config.data)
@@ -214,41 +221,21 @@ def _train(config: OncallConfig, request: TrainRequest) -> TrainResult:
     run_id = run.info.run_id
     try:
         _log_inputs(client, run_id, config, request, split, labels, stats)
-        examples_per_step = config.train.batch_size * config.train.workers * config.train.grad_accum_steps
-        steps_per_epoch = max(1, math.ceil(stats.labelled["train"] / examples_per_step))
-        loop_config = {
-            "base_dir": str(request.base_dir),
-            "num_labels": len(labels),
-            "pad_token_id": tokenizer.pad_token_id,
-            "model": config.model.model_dump(),
-            "train": config.train.model_dump(),
-            "class_counts": [stats.train_tenant_counts[t] for t in labels.tenants],
-            "total_steps": steps_per_epoch * config.train.epochs,
-            "tracking_uri": config.tracking_uri,
-            "run_id": run_id,
-            "fault": asdict(request.fault) if request.fault else None,
-            "initial_state": initial_state,
-            "known_labels": known_labels,
-        }
-        trainer = ray.train.torch.TorchTrainer(
-            train_loop,
-            train_loop_config=loop_config,
-            scaling_config=ray.train.ScalingConfig(
-                num_workers=config.train.workers,
-                use_gpu=config.train.use_gpu,
-                resources_per_worker={
-                    "CPU": config.train.cpus_per_worker,
-                    **({"GPU": 1} if config.train.use_gpu else {}),
-                },
-            ),
-            run_config=ray.train.RunConfig(
-                name=f"train-{run_id}",
-                storage_path=str(config.ray_storage_dir.resolve()),
-                checkpoint_config=ray.train.CheckpointConfig(num_to_keep=config.train.checkpoints_to_keep),
-                failure_config=ray.train.FailureConfig(max_failures=config.train.max_failures),
-            ),
-            datasets={"train": datasets["train"], "validation": datasets["validation"]},
-            dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+        loop_config = build_loop_config(
+            config,
+            request,
+            labels,
+            stats,
+            pad_token_id=tokenizer.pad_token_id,
+            run_id=run_id,
+            initial_state=initial_state,
+            known_labels=known_labels,
+        )
+        trainer = build_trainer(
+            config,
+            loop_config,
+            {"train": datasets["train"], "validation": datasets["validation"]},
+            name=f"train-{run_id}",
         )
         started = time.monotonic()
         result = trainer.fit()
@@ -278,6 +265,68 @@ def _train(config: OncallConfig, request: TrainRequest) -> TrainResult:
     return TrainResult(run_id, labels, split, stats, evaluation, progress, version)
 
 
+def build_loop_config(
+    config: OncallConfig,
+    request: TrainRequest,
+    labels: LabelSet,
+    stats: WindowStats,
+    *,
+    pad_token_id: int,
+    run_id: str,
+    initial_state: dict[str, torch.Tensor] | None = None,
+    known_labels: int = 0,
+) -> dict[str, Any]:
+    """What :func:`train_loop` gets on every worker (plain values: it is sent to the workers)."""
+    examples_per_step = config.train.batch_size * config.train.workers * config.train.grad_accum_steps
+    steps_per_epoch = max(1, math.ceil(stats.labelled["train"] / examples_per_step))
+    return {
+        "base_dir": str(request.base_dir),
+        "num_labels": len(labels),
+        "pad_token_id": pad_token_id,
+        "model": config.model.model_dump(),
+        "train": config.train.model_dump(),
+        "class_counts": [stats.train_tenant_counts[t] for t in labels.tenants],
+        "total_steps": steps_per_epoch * config.train.epochs,
+        "tracking_uri": config.tracking_uri,
+        "run_id": run_id,
+        "fault": asdict(request.fault) if request.fault else None,
+        "initial_state": initial_state,
+        "known_labels": known_labels,
+    }
+
+
+def build_trainer(
+    config: OncallConfig,
+    loop_config: dict[str, Any],
+    datasets: dict[str, ray.data.Dataset],
+    *,
+    name: str,
+) -> ray.train.torch.TorchTrainer:
+    """The TorchTrainer running :func:`train_loop` on ``datasets`` ("train" is split over the
+    workers, "validation" is read whole by rank 0); checkpoints under ``config.ray_storage_dir``."""
+    os.environ.setdefault(HEALTH_CHECK_INTERVAL_ENV, HEALTH_CHECK_INTERVAL_S)
+    return ray.train.torch.TorchTrainer(
+        train_loop,
+        train_loop_config=loop_config,
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=config.train.workers,
+            use_gpu=config.train.use_gpu,
+            resources_per_worker={
+                "CPU": config.train.cpus_per_worker,
+                **({"GPU": 1} if config.train.use_gpu else {}),
+            },
+        ),
+        run_config=ray.train.RunConfig(
+            name=name,
+            storage_path=str(config.ray_storage_dir.resolve()),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=config.train.checkpoints_to_keep),
+            failure_config=ray.train.FailureConfig(max_failures=config.train.max_failures),
+        ),
+        datasets=datasets,
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+    )
+
+
 def _log_inputs(
     client: Any,
     run_id: str,
@@ -287,6 +336,8 @@ def _log_inputs(
     labels: LabelSet,
     stats: WindowStats,
 ) -> None:
+    from pipelines.tracking import flatten_params
+
     params = flatten_params(
         "",
         {
