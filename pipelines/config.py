@@ -156,7 +156,9 @@ class ServeConfig(_Section):
     port: int = Field(default=8000, ge=1, le=65535)
     alias: str = "champion"
     max_batch_size: int = Field(default=32, ge=1)
-    batch_wait_timeout_s: float = Field(default=0.01, ge=0)
+    batch_wait_timeout_s: float = Field(
+        default=0.002, ge=0, description="How long a lone request waits for company (benchmarks/RESULTS.md)."
+    )
     max_tickets_per_request: int = Field(default=256, ge=1)
     top_k: int = Field(default=3, ge=1, description="Ranked tenants in each answer.")
     min_replicas: int = Field(default=1, ge=0)

@@ -116,7 +116,7 @@ class TicketRouterModel:
                     "checking alias '%s' failed; still serving the loaded version", self._settings.alias
                 )
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
     async def route(self, tickets: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """One ticket per call; Serve gathers concurrent calls into one forward pass."""
         return await self.route_many(tickets)
