@@ -160,26 +160,21 @@ def _version_of(package: str) -> str | None:
 
 
 def _git_commit() -> str:
+    """The short commit, marked when tracked files differ from it. Not shared with
+    ``pipelines.registry``: this module must import on a machine without MLflow."""
+    commit = _git("rev-parse", "--short", "HEAD")
+    if not commit:
+        return "unknown"
+    dirty = _git("status", "--porcelain", "--untracked-files=no")
+    return commit + (" (uncommitted changes)" if dirty else "")
+
+
+def _git(*args: str) -> str:
+    """``git <args>`` in this checkout, stripped stdout; empty when git or the checkout is missing."""
     try:
         done = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            cwd=Path(__file__).parent,
-            check=False,
+            ["git", *args], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent, check=False
         )
     except (OSError, subprocess.TimeoutExpired):
-        return "unknown"
-    dirty = ""
-    if done.returncode == 0:
-        status = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            cwd=Path(__file__).parent,
-            check=False,
-        )
-        dirty = " (uncommitted changes)" if status.stdout.strip() else ""
-    return (done.stdout.strip() or "unknown") + dirty
+        return ""
+    return done.stdout.strip() if done.returncode == 0 else ""
