@@ -6,7 +6,7 @@
 Runs on a bare GPU machine (torch, transformers, peft, numpy, pandas, pyarrow; no Ray, MLflow or
 pydantic) from the repository root, without installing the project. It calls the product's own
 compute paths: ``TicketClassifier.predict_proba_ids`` (length-sorted, token-budget batches) for
-scoring, ``model.wrap_for_finetune`` for the LoRA model and ``trainer_core.training_step`` +
+scoring, ``model.wrap_for_finetune`` for the LoRA model and ``steps.training_step`` +
 ``optimizer_step`` for training. Weights are random (nothing is downloaded); token ids are random
 and of exact lengths, so the FLOPs of every pass are known.
 
@@ -32,11 +32,14 @@ import torch
 from transformers import Qwen3Config, Qwen3ForSequenceClassification
 
 from benchmarks.report import Report, percentile, publish
-from pipelines import trainer_core
-from pipelines.labels import LabelSet
-from pipelines.model import preset_config, wrap_for_finetune
-from pipelines.predict import TicketClassifier
-from pipelines.schema import TEXT_COLUMNS, TextBuilder
+from pipelines.contract.columns import TEXT_COLUMNS
+from pipelines.contract.text import TextBuilder
+from pipelines.model import batching
+from pipelines.model import steps as training_steps
+from pipelines.model.artifact import LabelSet
+from pipelines.model.base import preset_config
+from pipelines.model.classifier import wrap_for_finetune
+from pipelines.model.inference import TicketClassifier
 
 log = logging.getLogger("benchmarks.gpu")
 
@@ -303,16 +306,16 @@ def lora_training(
     """``warmup`` + ``steps`` optimizer steps of the product's loop (class-weighted loss, bf16
     autocast on CUDA, clipping, AdamW, schedule); tokens/s over the timed ``steps``."""
     pad = model.config.pad_token_id
-    optimizer = trainer_core.make_optimizer(model, train_config)
-    scheduler = trainer_core.make_scheduler(optimizer, warmup + steps, train_config.warmup_ratio)
+    optimizer = training_steps.make_optimizer(model, train_config)
+    scheduler = training_steps.make_scheduler(optimizer, warmup + steps, train_config.warmup_ratio)
     rng = np.random.default_rng(1)
     counts = rng.integers(1, 500, size=model.config.num_labels).tolist()
-    weights = trainer_core.class_weights(counts, train_config.class_weighting)
+    weights = training_steps.class_weights(counts, train_config.class_weighting)
     weights = weights.to(device) if weights is not None else None
     autocast_dtype = torch.bfloat16 if device.type == "cuda" else None
     batches = []
     for seed in range(min(4, warmup + steps)):
-        padded = trainer_core.pad_batch(random_tickets(batch, length, pad, seed=100 + seed), pad)
+        padded = batching.pad_batch(random_tickets(batch, length, pad, seed=100 + seed), pad)
         padded["labels"] = torch.as_tensor(rng.integers(0, model.config.num_labels, size=batch))
         batches.append({name: tensor.to(device) for name, tensor in padded.items()})
     if device.type == "cuda":
@@ -321,14 +324,14 @@ def lora_training(
 
     def step(index: int) -> None:
         nonlocal loss
-        output = trainer_core.training_step(
+        output = training_steps.training_step(
             model,
             batches[index % len(batches)],
             weights=weights,
             loss_scale=1.0,
             autocast_dtype=autocast_dtype,
         )
-        trainer_core.optimizer_step(model, optimizer, scheduler, train_config.max_grad_norm)
+        training_steps.optimizer_step(model, optimizer, scheduler, train_config.max_grad_norm)
         loss = output.loss
 
     for index in range(warmup):

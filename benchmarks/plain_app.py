@@ -10,7 +10,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from pipelines.config import load_config
-from pipelines.predict import TicketClassifier
+from pipelines.model.inference import TicketClassifier
 from serve.contract import ModelRef, RouteResult, TenantScore, TicketIn
 
 

@@ -4,7 +4,7 @@
 
 The naive loop: pandas reads each day's Parquet file, the classifier as a user loads it (base
 plus LoRA adapter, not merged) scores batches padded to ``max_length``, and pandas writes the
-answers. Ours: ``pipelines.rescore.rescore`` end to end (a local Ray started and stopped, the
+answers. Ours: ``pipelines.inference.rescore.rescore`` end to end (a local Ray started and stopped, the
 registry read, per-day commits, the MLflow summary), exactly what ``oncall-router rescore`` does.
 Each contender scores every ticket once, in two halves of the archive that alternate with the
 other contender's (A B A B), so drift hits both alike.
@@ -27,12 +27,13 @@ import torch
 
 from benchmarks.report import Report, publish
 from benchmarks.workspace import Workspace, prepare_workspace
-from pipelines.archive import list_partitions
-from pipelines.model import load_classifier
-from pipelines.registry import Registry
-from pipelines.rescore import RescoreRequest, rescore
-from pipelines.sample_data import SampleSpec
-from pipelines.schema import TextBuilder, split_valid_rows
+from pipelines.contract.archive import list_partitions
+from pipelines.contract.rows import split_valid_rows
+from pipelines.contract.text import TextBuilder
+from pipelines.data.sample.generator import SampleSpec
+from pipelines.inference.rescore import RescoreRequest, rescore
+from pipelines.model.artifact import load_classifier
+from pipelines.registry.versions import Registry
 
 log = logging.getLogger("benchmarks.rescore")
 

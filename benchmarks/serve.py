@@ -28,8 +28,8 @@ import requests
 from benchmarks.load import LoadResult, run_load
 from benchmarks.report import Report, alternate, median, publish
 from benchmarks.workspace import BASES, Workspace, prepare_workspace
-from pipelines.archive import list_partitions
-from pipelines.sample_data import SampleSpec
+from pipelines.contract.archive import list_partitions
+from pipelines.data.sample.generator import SampleSpec
 from serve.contract import TicketIn
 
 log = logging.getLogger("benchmarks.serve")
@@ -174,8 +174,8 @@ def in_process_rows(workspace: Workspace, bodies: Sequence[Mapping[str, Any]], r
     32, merged LoRA (what we ship) vs the unmerged adapter."""
     import torch
 
-    from pipelines.predict import TicketClassifier
-    from pipelines.registry import Registry
+    from pipelines.model.inference import TicketClassifier
+    from pipelines.registry.versions import Registry
 
     torch.set_num_threads(1)
     registry = Registry(workspace.config)

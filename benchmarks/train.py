@@ -11,11 +11,11 @@ told apart on a job long enough to separate them:
 Every contender trains the product's classifier (``build_classifier``, LoRA) on the same
 tokenized rows, with the same batch size, epochs, optimizer, schedule and class weights:
 
-- *plain PyTorch*: a loop in this process over the rows (shuffled, ``trainer_core.pad_batch``,
+- *plain PyTorch*: a loop in this process over the rows (shuffled, ``batching.pad_batch``,
   ``training_step``, ``optimizer_step``), a validation pass and a saved state per epoch, with
   as many torch threads as a Ray Train worker gets;
 - *Ray Train, N workers*: the product's ``train_loop`` under the TorchTrainer the product
-  builds (``pipelines.train.build_loop_config`` / ``build_trainer``), Ray already started.
+  builds (``pipelines.training.job.build_loop_config`` / ``build_trainer``), Ray already started.
 
 Contenders alternate (A B C A B C …) so that drift on a shared machine hits them alike; the
 table holds medians over rounds. Run by hand::
@@ -57,7 +57,7 @@ class Workspace:
     """Everything both contenders share: configuration, the tokenized rows, the MLflow store."""
 
     configs: dict[int, Any]  # workers → OncallConfig
-    request: Any  # pipelines.train.TrainRequest
+    request: Any  # pipelines.training.job.TrainRequest
     labels: Any  # LabelSet
     stats: Any  # WindowStats
     pad_token_id: int
@@ -73,7 +73,7 @@ class Workspace:
 def main(argv: list[str] | None = None) -> None:
     args = _parse(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from pipelines.ray_runtime import ray_session
+    from pipelines.jobs.ray_runtime import ray_session
 
     workdir = args.workdir.resolve()
     _warn_about_other_rays()
@@ -137,19 +137,13 @@ def _prepare(args: argparse.Namespace, workdir: Path) -> Workspace:
     """Archive and base (reused when present), then the product's data path up to tokenized,
     materialized train/validation rows; a fresh MLflow store for the runs."""
     from pipelines.config import load_config
-    from pipelines.data import (
-        TimeSplit,
-        count_window,
-        read_window,
-        summarise,
-        tokenized_splits,
-        train_labels,
-        without_stale_ownership,
-    )
-    from pipelines.model import load_tokenizer
-    from pipelines.schema import TextBuilder
-    from pipelines.tracking import ensure_experiment, tracking_client
-    from pipelines.train import TrainRequest
+    from pipelines.contract.text import TextBuilder
+    from pipelines.data.ownership import without_stale_ownership
+    from pipelines.data.tokenize import tokenized_splits
+    from pipelines.data.window import TimeSplit, count_window, read_window, summarise, train_labels
+    from pipelines.model.base import load_tokenizer
+    from pipelines.registry.tracking import ensure_experiment, tracking_client
+    from pipelines.training.job import TrainRequest
 
     size = f"{args.days}d-{args.tickets_per_day}t-{args.tenants}n"
     archive = _archive(workdir / f"archive-{size}", args)
@@ -212,7 +206,7 @@ def _prepare(args: argparse.Namespace, workdir: Path) -> Workspace:
 
 
 def _archive(path: Path, args: argparse.Namespace) -> Path:
-    from pipelines.sample_data import SampleSpec, generate_archive
+    from pipelines.data.sample.generator import SampleSpec, generate_archive
 
     if (path / "manifest.json").is_file():
         log.info("reusing archive %s", path)
@@ -230,7 +224,7 @@ def _archive(path: Path, args: argparse.Namespace) -> Path:
 
 
 def _base(path: Path, archive: Path, builder: Any, config: Any) -> Path:
-    from pipelines.base_builder import init_base
+    from pipelines.training.init_base import init_base
 
     if (path / "config.json").is_file():
         log.info("reusing base %s", path)
@@ -253,7 +247,7 @@ def _worker_threads(config: Any, workdir: Path) -> dict[str, Any]:
     import ray.train
     import ray.train.torch
 
-    from pipelines.train import HEALTH_CHECK_INTERVAL_ENV, HEALTH_CHECK_INTERVAL_S
+    from pipelines.training.job import HEALTH_CHECK_INTERVAL_ENV, HEALTH_CHECK_INTERVAL_S
 
     out = workdir / "stores" / "probe.json"
     os.environ.setdefault(HEALTH_CHECK_INTERVAL_ENV, HEALTH_CHECK_INTERVAL_S)  # as build_trainer does
@@ -291,9 +285,10 @@ def _plain_fit(space: Workspace, threads: int) -> dict[str, float]:
     import torch
     from safetensors.torch import save_file
 
-    from pipelines import trainer_core
-    from pipelines.model import build_classifier, trainable_state_dict
-    from pipelines.train import CHECKPOINT_OPTIMIZER, CHECKPOINT_PROGRESS, CHECKPOINT_STATE
+    from pipelines.model import batching
+    from pipelines.model import steps as training_steps
+    from pipelines.model.classifier import build_classifier, trainable_state_dict
+    from pipelines.training.loop import CHECKPOINT_OPTIMIZER, CHECKPOINT_PROGRESS, CHECKPOINT_STATE
 
     config = space.configs[1]
     train_config = config.train
@@ -313,9 +308,9 @@ def _plain_fit(space: Workspace, threads: int) -> dict[str, float]:
         pad_token_id=space.pad_token_id,
         model_config=config.model,
     )
-    optimizer = trainer_core.make_optimizer(model, train_config)
-    scheduler = trainer_core.make_scheduler(optimizer, total_steps, train_config.warmup_ratio)
-    weights = trainer_core.class_weights(
+    optimizer = training_steps.make_optimizer(model, train_config)
+    scheduler = training_steps.make_scheduler(optimizer, total_steps, train_config.warmup_ratio)
+    weights = training_steps.class_weights(
         [space.stats.train_tenant_counts[t] for t in space.labels.tenants], train_config.class_weighting
     )
     progress = {"epoch": -1, "step": 0}
@@ -325,17 +320,17 @@ def _plain_fit(space: Workspace, threads: int) -> dict[str, float]:
         order = np.random.default_rng(train_config.seed + epoch).permutation(len(labels))
         for index, start in enumerate(range(0, len(order), batch_size)):
             rows = order[start : start + batch_size]
-            batch = trainer_core.pad_batch(input_ids[rows], space.pad_token_id)
+            batch = batching.pad_batch(input_ids[rows], space.pad_token_id)
             batch["labels"] = torch.as_tensor(labels[rows], dtype=torch.long)
-            output = trainer_core.training_step(
+            output = training_steps.training_step(
                 model, batch, weights=weights, loss_scale=1 / accumulate, autocast_dtype=None
             )
             losses.append(output.loss)
             if (index + 1) % accumulate == 0:
-                trainer_core.optimizer_step(model, optimizer, scheduler, train_config.max_grad_norm)
+                training_steps.optimizer_step(model, optimizer, scheduler, train_config.max_grad_norm)
                 progress["step"] += 1
         if len(losses) % accumulate:
-            trainer_core.optimizer_step(model, optimizer, scheduler, train_config.max_grad_norm)
+            training_steps.optimizer_step(model, optimizer, scheduler, train_config.max_grad_norm)
             progress["step"] += 1
         progress["epoch"] = epoch
         metrics = {
@@ -361,7 +356,7 @@ def _plain_fit(space: Workspace, threads: int) -> dict[str, float]:
 def _script_startup_s() -> float:
     """Seconds a fresh Python process takes to import what the plain loop needs: a plain
     training script pays them, this process paid them before the fit (Ray workers inside it)."""
-    code = "import torch, transformers, peft, safetensors.torch, pipelines.model, pipelines.trainer_core"
+    code = "import torch, transformers, peft, safetensors.torch, pipelines.model.classifier, pipelines.model.steps"
     started = time.monotonic()
     subprocess.run([sys.executable, "-c", code], check=True)
     return time.monotonic() - started
@@ -370,18 +365,19 @@ def _script_startup_s() -> float:
 def _plain_validation(model: Any, space: Workspace, weights: Any) -> dict[str, float]:
     import torch
 
-    from pipelines import trainer_core
+    from pipelines.model import batching
+    from pipelines.model import steps as training_steps
 
     rows = space.validation_rows
 
     def batches() -> Any:
         for start in range(0, len(rows), VALIDATION_BATCH):
             part = rows.iloc[start : start + VALIDATION_BATCH]
-            batch = trainer_core.pad_batch(part["input_ids"].to_numpy(), space.pad_token_id)
+            batch = batching.pad_batch(part["input_ids"].to_numpy(), space.pad_token_id)
             batch["labels"] = torch.tensor(part["labels"].to_numpy(), dtype=torch.long)
             yield batch
 
-    logits, labels = trainer_core.predict_logits(model, batches(), None)
+    logits, labels = training_steps.predict_logits(model, batches(), None)
     if len(labels) == 0:
         return {}
     loss = torch.nn.functional.cross_entropy(logits, labels, weight=weights)
@@ -391,7 +387,7 @@ def _plain_validation(model: Any, space: Workspace, weights: Any) -> dict[str, f
 def _ray_fit(space: Workspace, workers: int) -> dict[str, float]:
     """The product's TorchTrainer on the materialized rows; Ray is already up."""
     from pipelines.errors import ModelError
-    from pipelines.train import build_loop_config, build_trainer
+    from pipelines.training.job import build_loop_config, build_trainer
 
     config = space.configs[workers]
     run_id = _new_run(space, f"ray-{workers}")
@@ -596,7 +592,7 @@ def _report(
         f"Ray Train's floor: a fit of an empty train function (1 worker) took {threads['empty_fit_s']:.1f} s; "
         f"the Train controller polled its workers every "
         f"{os.environ.get('RAY_TRAIN_HEALTH_CHECK_INTERVAL_S', '2.0 (default)')} s "
-        "(RAY_TRAIN_HEALTH_CHECK_INTERVAL_S; pipelines.train sets 0.5 unless it is set).",
+        "(RAY_TRAIN_HEALTH_CHECK_INTERVAL_S; pipelines.training.job sets 0.5 unless it is set).",
         *(
             f"{name}, where the fixed seconds went (Train controller log, median s): "
             + ", ".join(f"{k.removeprefix('phase:')} {v:.1f}" for k, v in m.items() if k.startswith("phase:"))

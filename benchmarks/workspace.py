@@ -14,15 +14,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipelines.base_builder import sample_ticket_texts
 from pipelines.config import DataConfig, OncallConfig, load_config
-from pipelines.labels import LabelSet
-from pipelines.model import build_classifier, build_preset_base, load_tokenizer, save_classifier
-from pipelines.packaging import CLASSIFIER_ARTIFACT, package_classifier
-from pipelines.registry import CHAMPION, Registry
-from pipelines.sample_data import SampleSpec, generate_archive, read_manifest
-from pipelines.schema import TextBuilder
-from pipelines.tracking import MODEL_ARTIFACT, ensure_experiment, tracking_client
+from pipelines.contract.text import TextBuilder
+from pipelines.data.sample.generator import SampleSpec, generate_archive, read_manifest
+from pipelines.model.artifact import LabelSet, save_classifier
+from pipelines.model.base import build_preset_base, load_tokenizer
+from pipelines.model.classifier import build_classifier
+from pipelines.registry.packaging import CLASSIFIER_ARTIFACT, package_classifier
+from pipelines.registry.tracking import MODEL_ARTIFACT, ensure_experiment, tracking_client
+from pipelines.registry.versions import CHAMPION, Registry
+from pipelines.training.init_base import sample_ticket_texts
 
 log = logging.getLogger(__name__)
 

@@ -68,7 +68,7 @@ class DataConfig(_Section):
     @field_validator("text_fields")
     @classmethod
     def _known_text_fields(cls, fields: list[str]) -> list[str]:
-        from pipelines.schema import TEXT_COLUMNS
+        from pipelines.contract.columns import TEXT_COLUMNS
 
         unknown = [f for f in fields if f not in TEXT_COLUMNS]
         if unknown:

@@ -11,7 +11,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from pipelines.feedback import MAX_SOURCE_CHARS, MAX_TENANT_CHARS, MAX_TICKET_ID_CHARS
+from pipelines.data.feedback import MAX_SOURCE_CHARS, MAX_TENANT_CHARS, MAX_TICKET_ID_CHARS
 
 NonEmpty = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
 TicketId = Annotated[

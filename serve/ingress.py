@@ -16,7 +16,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from pipelines.config import OncallConfig
-from pipelines.feedback import FeedbackStore
+from pipelines.data.feedback import FeedbackStore
 from serve.contract import (
     BatchIn,
     BatchResult,

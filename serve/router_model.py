@@ -20,8 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
 from pipelines.config import OncallConfig, ServeConfig
-from pipelines.predict import Prediction, TicketClassifier
-from pipelines.registry import Registry, VersionRef
+from pipelines.model.inference import Prediction, TicketClassifier
+from pipelines.registry.versions import Registry, VersionRef
 from serve.metrics import model_metrics
 
 log = logging.getLogger(__name__)

@@ -11,11 +11,11 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from pipelines.train import TrainResult
+    from pipelines.training.job import TrainResult
 
 from pipelines.config import DataConfig, OncallConfig, load_config
-from pipelines.sample_data import SampleSpec, generate_archive
-from pipelines.schema import TextBuilder
+from pipelines.contract.text import TextBuilder
+from pipelines.data.sample.generator import SampleSpec, generate_archive
 
 SMALL_SPEC = SampleSpec(
     days=10,
@@ -53,7 +53,7 @@ def tiny_base(
     tmp_path_factory: pytest.TempPathFactory, small_archive: tuple[Path, dict], text_builder: TextBuilder
 ) -> Path:
     """A tiny base whose 2,000-token tokenizer is trained on the small archive."""
-    from pipelines.base_builder import init_base
+    from pipelines.training.init_base import init_base
 
     out = tmp_path_factory.mktemp("bases") / "tiny"
     return init_base("tiny", str(small_archive[0]), out, text_builder, vocab_size=2000, max_length=128)
@@ -65,7 +65,7 @@ def ray_cluster() -> Iterator[None]:
     import ray
 
     from pipelines.config import ServeConfig
-    from pipelines.ray_runtime import MIN_LOCAL_LOGICAL_CPUS, serve_environment
+    from pipelines.jobs.ray_runtime import MIN_LOCAL_LOGICAL_CPUS, serve_environment
 
     # Serve in the shipped mode (what `oncall-router serve` starts a local Ray with); tests
     # restart Serve often, and no load balancer needs direct ingress's 30 s draining here.
@@ -101,7 +101,7 @@ def trained_run(
     ray_cluster: None,
 ) -> tuple[OncallConfig, TrainResult]:
     """One training run (1 worker) on the small archive, registered as version 1 (challenger)."""
-    from pipelines.train import TrainRequest, train
+    from pipelines.training.job import TrainRequest, train
 
     config = small_config(tmp_path_factory.mktemp("trained"))
     return config, train(config, TrainRequest(archive_uri=str(small_archive[0]), base_dir=tiny_base))

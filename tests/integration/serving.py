@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from pipelines.archive import list_partitions
 from pipelines.config import OncallConfig
+from pipelines.contract.archive import list_partitions
 from tests.conftest import small_config
 from tests.integration.mlflow_server import free_port
 

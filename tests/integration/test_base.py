@@ -11,10 +11,11 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoTokenizer, Qwen3ForCausalLM
 
-from pipelines.base_builder import init_base
+from pipelines.contract.text import TextBuilder
 from pipelines.errors import ModelError
-from pipelines.model import BASE_DESCRIPTOR, load_base_classifier, load_tokenizer, preset_config
-from pipelines.schema import TextBuilder
+from pipelines.model.base import BASE_DESCRIPTOR, load_tokenizer, preset_config
+from pipelines.model.classifier import load_base_classifier
+from pipelines.training.init_base import init_base
 
 MIXED = "title: payment-gateway 在集群 sg1 出现大量 timeout | cluster: sg1"
 

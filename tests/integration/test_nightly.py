@@ -9,17 +9,17 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipelines.archive import list_partitions, read_partition_file, resolve
 from pipelines.config import OncallConfig
-from pipelines.feedback import FeedbackStore
-from pipelines.nightly import DATE_TAG, NIGHTLY_EXPERIMENT, NightlyRequest, run_nightly
-from pipelines.predict import TicketClassifier
-from pipelines.promotion import promote
-from pipelines.registry import CHAMPION, PREVIOUS, Registry
-from pipelines.sample_data import SampleSpec, generate_archive
-from pipelines.schema import LABEL_COLUMN
-from pipelines.tracking import tracking_client
-from pipelines.train import TrainRequest, train
+from pipelines.contract.archive import list_partitions, read_partition_file, resolve
+from pipelines.contract.columns import LABEL_COLUMN
+from pipelines.data.feedback import FeedbackStore
+from pipelines.data.sample.generator import SampleSpec, generate_archive
+from pipelines.jobs.nightly import DATE_TAG, NIGHTLY_EXPERIMENT, NightlyRequest, run_nightly
+from pipelines.model.inference import TicketClassifier
+from pipelines.registry.promotion import promote
+from pipelines.registry.tracking import tracking_client
+from pipelines.registry.versions import CHAMPION, PREVIOUS, Registry
+from pipelines.training.job import TrainRequest, train
 from tests.conftest import small_config
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")

@@ -12,9 +12,9 @@ import pytest
 from nbclient import NotebookClient
 
 from pipelines.config import OncallConfig
-from pipelines.feedback import FeedbackStore
-from pipelines.registry import CHAMPION, Registry
-from pipelines.train import TrainResult
+from pipelines.data.feedback import FeedbackStore
+from pipelines.registry.versions import CHAMPION, Registry
+from pipelines.training.job import TrainResult
 from tests.integration.serving import deployed, serving_config
 
 REPO = Path(__file__).resolve().parents[2]

@@ -14,15 +14,15 @@ import pyarrow.parquet as pq
 import pytest
 from mlflow.artifacts import download_artifacts
 
-from pipelines.archive import list_partitions
 from pipelines.config import OncallConfig
+from pipelines.contract.archive import list_partitions
 from pipelines.errors import ModelError
-from pipelines.model import load_classifier
-from pipelines.packaging import classifier_in
-from pipelines.predict import TicketClassifier
-from pipelines.promotion import promote, rollback
-from pipelines.registry import CHALLENGER, CHAMPION, PREVIOUS, Registry
-from pipelines.train import TrainRequest, TrainResult, train
+from pipelines.model.artifact import load_classifier
+from pipelines.model.inference import TicketClassifier
+from pipelines.registry.packaging import classifier_in
+from pipelines.registry.promotion import promote, rollback
+from pipelines.registry.versions import CHALLENGER, CHAMPION, PREVIOUS, Registry
+from pipelines.training.job import TrainRequest, TrainResult, train
 from tests.integration.mlflow_server import mlflow_store
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")

@@ -14,12 +14,12 @@ from mlflow.tracking import MlflowClient
 
 from pipelines.config import OncallConfig
 from pipelines.errors import ModelError
-from pipelines.packaging import classifier_in
-from pipelines.predict import TicketClassifier
-from pipelines.promotion import promote, rollback
-from pipelines.registry import CHAMPION, Registry
-from pipelines.tracking import MODEL_ARTIFACT, ensure_experiment
-from pipelines.train import TrainResult
+from pipelines.model.inference import TicketClassifier
+from pipelines.registry.packaging import classifier_in
+from pipelines.registry.promotion import promote, rollback
+from pipelines.registry.tracking import MODEL_ARTIFACT, ensure_experiment
+from pipelines.registry.versions import CHAMPION, Registry
+from pipelines.training.job import TrainResult
 from tests.integration.mlflow_server import (
     mlflow_server,
     mlflow_store,

@@ -18,14 +18,14 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines.config import OncallConfig
+from pipelines.contract.columns import REJECT_EMPTY_TITLE
 from pipelines.errors import ArchiveError
-from pipelines.predict import TicketClassifier
-from pipelines.rescore import RescoreRequest, rescore
-from pipelines.rescore_output import MARKER, REJECTED_DIR, SCORED_SCHEMA
-from pipelines.rescore_summary import MISROUTED_ARTIFACT, PartitionResult
-from pipelines.schema import REJECT_EMPTY_TITLE
-from pipelines.tracking import tracking_client
-from pipelines.train import TrainResult
+from pipelines.inference.output import MARKER, REJECTED_DIR, SCORED_SCHEMA
+from pipelines.inference.rescore import RescoreRequest, rescore
+from pipelines.inference.summary import MISROUTED_ARTIFACT, PartitionResult
+from pipelines.model.inference import TicketClassifier
+from pipelines.registry.tracking import tracking_client
+from pipelines.training.job import TrainResult
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 
@@ -133,7 +133,7 @@ def test_an_interrupted_run_resumes_without_duplicates(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     config, _ = trained_run
-    monkeypatch.setattr("pipelines.rescore_output.ROWS_PER_FILE", 100)  # several files per day
+    monkeypatch.setattr("pipelines.inference.output.ROWS_PER_FILE", 100)  # several files per day
     out = tmp_path / "scored"
     request = RescoreRequest(
         archive_uri=str(small_archive[0]), out_uri=str(out), version="1", since=SINCE, until=UNTIL

@@ -12,10 +12,10 @@ import pytest
 import requests
 
 from pipelines.config import OncallConfig
-from pipelines.feedback import FeedbackStore
-from pipelines.predict import TicketClassifier
-from pipelines.registry import CHAMPION, Registry
-from pipelines.train import TrainResult
+from pipelines.data.feedback import FeedbackStore
+from pipelines.model.inference import TicketClassifier
+from pipelines.registry.versions import CHAMPION, Registry
+from pipelines.training.job import TrainResult
 from serve.client import RouterClient, RouterHTTPError
 from tests.integration.serving import archive_tickets, deployed, serving_config
 

@@ -11,9 +11,9 @@ import pytest
 import requests
 
 from pipelines.config import OncallConfig
-from pipelines.feedback import FeedbackStore
-from pipelines.registry import Registry
-from pipelines.train import TrainResult
+from pipelines.data.feedback import FeedbackStore
+from pipelines.registry.versions import Registry
+from pipelines.training.job import TrainResult
 from serve.client import RouterClient
 from tests.integration.mlflow_server import postgres_url_or_skip, scratch_database
 from tests.integration.serving import deployed, serving_config

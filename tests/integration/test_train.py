@@ -14,11 +14,12 @@ from mlflow.artifacts import download_artifacts
 from mlflow.tracking import MlflowClient
 
 from pipelines.config import OncallConfig
-from pipelines.evaluate_run import score_rows
-from pipelines.labels import LabelSet
-from pipelines.packaging import classifier_in
-from pipelines.predict import TicketClassifier
-from pipelines.train import FaultInjection, TrainRequest, TrainResult, train
+from pipelines.evaluation.job import score_rows
+from pipelines.model.artifact import LabelSet
+from pipelines.model.inference import TicketClassifier
+from pipelines.registry.packaging import classifier_in
+from pipelines.training.job import TrainRequest, TrainResult, train
+from pipelines.training.loop import FaultInjection
 from tests.conftest import small_config
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
@@ -87,7 +88,7 @@ def test_mlflow_run_holds_params_metrics_and_artifacts(
 def test_logged_model_reproduces_the_logged_evaluation(
     trained_run: tuple[OncallConfig, TrainResult], small_archive: tuple[Path, dict], tmp_path: Path
 ) -> None:
-    from pipelines.evaluate_run import labelled_rows
+    from pipelines.evaluation.job import labelled_rows
 
     config, result = trained_run
     model_dir = classifier_in(

@@ -54,9 +54,13 @@ BARE = textwrap.dedent(
         else:
             raise SystemExit(f"{{name}} is still importable")
 
-    import pipelines.model
+    import pipelines.model.base
+    import pipelines.model.classifier
+    import pipelines.model.artifact
+    import pipelines.model.batching
+    import pipelines.model.steps
+    import pipelines.model.inference
     import pipelines.predict
-    import pipelines.trainer_core
     import benchmarks.gpu
 
     benchmarks.gpu.main([

@@ -5,8 +5,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipelines.evaluate import evaluate_scores, write_report
-from pipelines.labels import LabelSet
+from pipelines.evaluation.metrics import evaluate_scores
+from pipelines.evaluation.report import write_report
+from pipelines.model.artifact import LabelSet
 
 LABELS = LabelSet(("10197", "20001", "30002"))
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pandas as pd
 
 from pipelines.config import PromotionConfig
-from pipelines.promotion import decide
+from pipelines.registry.promotion import decide
 
 RULES = PromotionConfig(top1_tolerance=0.02, recall_drop=0.10, min_support=5, first_version_margin=0.2)
 KNOWN = {"A", "B", "C"}

@@ -9,9 +9,9 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.archive import check_archive, list_partitions
+from pipelines.contract.archive import check_archive, list_partitions
+from pipelines.data.sample.generator import MANIFEST_NAME, SampleSpec, generate_archive
 from pipelines.errors import ArchiveError
-from pipelines.sample_data import MANIFEST_NAME, SampleSpec, generate_archive
 from tests.conftest import SMALL_SPEC
 
 CJK = re.compile(r"[\u4e00-\u9fff]")

@@ -8,7 +8,7 @@ import logging
 import pytest
 
 from pipelines.errors import ConfigError
-from pipelines.schedule import due_date, next_fire, next_fires, run_schedule, validate_cron
+from pipelines.jobs.schedule import due_date, next_fire, next_fires, run_schedule, validate_cron
 
 UTC = dt.UTC
 NIGHTLY = "0 2 * * *"
@@ -154,7 +154,7 @@ def test_a_failing_run_is_logged_and_the_loop_goes_on(caplog: pytest.LogCaptureF
         if day == d(7):
             raise RuntimeError("registry unreachable")
 
-    with caplog.at_level(logging.ERROR, logger="pipelines.schedule"):
+    with caplog.at_level(logging.ERROR, logger="pipelines.jobs.schedule"):
         runs = run_schedule(
             NIGHTLY, run=run, last_done=lambda: None, max_runs=2, clock=clock, sleep=clock.sleep
         )
@@ -194,7 +194,7 @@ def test_last_done_failing_later_is_logged_and_the_loop_goes_on(caplog: pytest.L
         return value
 
     ran: list[dt.date] = []
-    with caplog.at_level(logging.ERROR, logger="pipelines.schedule"):
+    with caplog.at_level(logging.ERROR, logger="pipelines.jobs.schedule"):
         run_schedule(NIGHTLY, run=ran.append, last_done=last_done, max_runs=2, clock=clock, sleep=clock.sleep)
     assert ran == [d(8), d(9)]
     assert any("last successful nightly" in r.getMessage() for r in caplog.records)

@@ -8,19 +8,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.archive import check_archive, list_partitions, read_partition_file
-from pipelines.errors import ArchiveError
-from pipelines.schema import (
+from pipelines.contract.archive import check_archive, list_partitions, read_partition_file
+from pipelines.contract.columns import (
     REJECT_DUPLICATE_TICKET_ID,
     REJECT_EMPTY_TITLE,
     REJECT_NULL_CREATED_AT,
     REJECT_NULL_TICKET_ID,
     REJECT_REASON_COLUMN,
-    TICKET_SCHEMA,
-    check_arrow_schema,
-    conform_table,
-    split_valid_rows,
 )
+from pipelines.contract.rows import TICKET_SCHEMA, check_arrow_schema, conform_table, split_valid_rows
+from pipelines.errors import ArchiveError
 
 T0 = dt.datetime(2026, 10, 1, 9, 30)
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pandas as pd
 
 from pipelines.config import DataConfig
-from pipelines.schema import TextBuilder
+from pipelines.contract.text import TextBuilder
 
 TICKET = {
     "title": "payment-gateway 在集群 sg1 出现大量 timeout",

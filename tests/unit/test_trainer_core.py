@@ -7,15 +7,16 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines import trainer_core
 from pipelines.config import TrainConfig
-from pipelines.data import TimeSplit
+from pipelines.data.window import TimeSplit
 from pipelines.errors import ArchiveError, ModelError
-from pipelines.labels import LabelSet
+from pipelines.model import batching
+from pipelines.model import steps as training_steps
+from pipelines.model.artifact import LabelSet
 
 
 def test_dynamic_padding_pads_to_the_longest_of_the_batch() -> None:
-    batch = trainer_core.pad_batch(
+    batch = batching.pad_batch(
         [np.array([5, 6, 7], dtype=np.int32), np.array([8], dtype=np.int32)], pad_token_id=0
     )
     assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
@@ -23,17 +24,17 @@ def test_dynamic_padding_pads_to_the_longest_of_the_batch() -> None:
 
 
 def test_class_weights_favour_rare_tenants() -> None:
-    weights = trainer_core.class_weights([100, 25, 1], "inverse_sqrt")
+    weights = training_steps.class_weights([100, 25, 1], "inverse_sqrt")
     assert weights[2] > weights[1] > weights[0]
     assert float(weights.mean()) == pytest.approx(1.0)
     assert weights[1] / weights[0] == pytest.approx(2.0)
-    assert trainer_core.class_weights([3, 1], "none") is None
+    assert training_steps.class_weights([3, 1], "none") is None
 
 
 def test_warmup_then_cosine_to_zero() -> None:
     parameter = torch.nn.Parameter(torch.zeros(1))
     optimizer = torch.optim.SGD([parameter], lr=1.0)
-    scheduler = trainer_core.make_scheduler(optimizer, total_steps=100, warmup_ratio=0.1)
+    scheduler = training_steps.make_scheduler(optimizer, total_steps=100, warmup_ratio=0.1)
     rates = []
     for _ in range(100):
         rates.append(optimizer.param_groups[0]["lr"])
@@ -47,7 +48,7 @@ def test_warmup_then_cosine_to_zero() -> None:
 
 def test_no_weight_decay_on_biases_and_norms() -> None:
     model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
-    groups = trainer_core.make_optimizer(model, TrainConfig(weight_decay=0.1)).param_groups
+    groups = training_steps.make_optimizer(model, TrainConfig(weight_decay=0.1)).param_groups
     assert [len(g["params"]) for g in groups] == [1, 3]
     assert [g["weight_decay"] for g in groups] == [0.1, 0.0]
 
@@ -67,12 +68,12 @@ def test_accumulated_micro_batches_equal_one_big_batch() -> None:
     wrapped = Wrapped()
     x, y = torch.randn(4, 3), torch.tensor([0, 1, 1, 0])
     full = {"input_ids": x, "attention_mask": x, "labels": y}
-    trainer_core.training_step(wrapped, full, weights=None, loss_scale=1.0, autocast_dtype=None)
+    training_steps.training_step(wrapped, full, weights=None, loss_scale=1.0, autocast_dtype=None)
     expected = model.weight.grad.clone()
     model.zero_grad()
     for part in (slice(0, 2), slice(2, 4)):
         half = {"input_ids": x[part], "attention_mask": x[part], "labels": y[part]}
-        trainer_core.training_step(wrapped, half, weights=None, loss_scale=0.5, autocast_dtype=None)
+        training_steps.training_step(wrapped, half, weights=None, loss_scale=0.5, autocast_dtype=None)
     torch.testing.assert_close(model.weight.grad, expected)
 
 

@@ -10,12 +10,12 @@ import pandas as pd
 import pytest
 import torch
 
-from pipelines.data import DAY_COLUMN, changed_owners
+from pipelines.contract.columns import DAY_COLUMN, LABEL_COLUMN
+from pipelines.data.ownership import changed_owners
 from pipelines.errors import ModelError
-from pipelines.labels import LabelSet
-from pipelines.model import grow_head
-from pipelines.nightly import NightlyLockedError, exclusive_lock
-from pipelines.schema import LABEL_COLUMN
+from pipelines.jobs.nightly import NightlyLockedError, exclusive_lock
+from pipelines.model.artifact import LabelSet
+from pipelines.model.classifier import grow_head
 
 HEAD = "base_model.model.score.weight"
 LORA = "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"

@@ -1,0 +1,173 @@
+"""How the CLI shows results: rich tables on the console."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from pipelines.config import OncallConfig
+
+# soft_wrap: long paths and messages stay on one line (greppable, copy-pasteable).
+console = Console(soft_wrap=True)
+
+
+def _print_decision(config: OncallConfig, decision: Any) -> None:
+    """Reasons as whole lines (not wrapped in a table) so they can be read and grepped."""
+    verdict = "PROMOTED to champion" if decision.promoted else "REJECTED (stays registered, never serves)"
+    console.print(f"{config.registry.model_name} version {decision.version}: {verdict}", markup=False)
+    console.print(f"  champion before: {decision.champion or 'none'}", markup=False)
+    for text in decision.reasons:
+        console.print(f"  reason: {text}", markup=False)
+    for row in decision.regressions:
+        console.print(
+            f"  regression: tenant {row['tenant']} recall {row['champion_recall']:.2f} → "
+            f"{row['challenger_recall']:.2f} (n={row['support']})",
+            markup=False,
+        )
+    for name, value in decision.metrics.items():
+        console.print(f"  {name}: {value:.4f}", markup=False)
+
+
+def _print_training(config: OncallConfig, result: Any) -> None:
+    split = result.split
+    table = Table(title=f"MLflow run {result.run_id}", show_header=False)
+    table.add_row("tracking URI", config.tracking_uri)
+    table.add_row("train days", f"{split.train[0]} … {split.train[-1]}")
+    table.add_row("validation days", f"{split.validation[0]} … {split.validation[-1]}")
+    table.add_row("test days", f"{split.test[0]} … {split.test[-1]}")
+    table.add_row("tenants", str(len(result.labels)))
+    for name, value in result.stats.as_metrics().items():
+        table.add_row(name, f"{int(value):,}")
+    table.add_row(
+        "optimizer steps",
+        f"{result.progress.get('step')} (resumed from {result.progress.get('resumed_from_step')})",
+    )
+    _add_metric_rows(table, result.headline)
+    console.print(table)
+    console.print(f"model: {result.model_uri}")
+    if result.version:
+        console.print(f"registered: models:/{config.registry.model_name}/{result.version} (alias challenger)")
+
+
+def _add_metric_rows(table: Table, metrics: dict[str, float]) -> None:
+    for name, value in metrics.items():
+        table.add_row(name, f"{value:.4f}" if isinstance(value, float) and abs(value) < 10 else f"{value:g}")
+
+
+def _print_rescore(summary: Any) -> None:
+    """Totals and per-day counts as tables; skipped files and top misroutes as whole lines."""
+    table = Table(
+        title=f"rescore with {summary.model_name} version {summary.model_version}", show_header=False
+    )
+    table.add_row("archive", summary.archive)
+    table.add_row("output", summary.output)
+    table.add_row("MLflow run", f"{summary.run_id} (experiment rescore)")
+    table.add_row("days scored", str(len(summary.partitions)))
+    table.add_row("days already committed (skipped)", str(len(summary.already_committed)))
+    table.add_row("rows read", f"{summary.rows_read:,}")
+    table.add_row("rows scored", f"{summary.rows_scored:,}")
+    for reason, count in sorted(summary.rejected.items()):
+        table.add_row(f"rejected: {reason}", f"{count:,}")
+    table.add_row("abstained", f"{summary.abstained:,}")
+    table.add_row("misrouted", f"{summary.misrouted:,}")
+    if summary.previous_versions:
+        table.add_row(
+            f"changed vs version {', '.join(summary.previous_versions)}",
+            f"{summary.changed:,} of {summary.compared:,}",
+        )
+    table.add_row("files skipped", str(len(summary.skipped_files)))
+    table.add_row("seconds", f"{summary.seconds:.1f}")
+    console.print(table)
+    for day in summary.by_date().itertuples(index=False):
+        changed = f", {day.changed} of {day.compared} changed vs version {day.previous_version}"
+        console.print(
+            f"date {day.date}: {day.rows} rows, {day.scored} scored, {day.rejected} rejected, "
+            f"{day.abstained} abstained, {day.misrouted} misrouted{changed if day.previous_version else ''}",
+            markup=False,
+        )
+    for skipped in summary.skipped_files:
+        console.print(f"skipped file: {skipped.path}: {skipped.reason}", markup=False, style="red")
+    for service, count in summary.misrouted_services.most_common(5):
+        console.print(f"top misrouted service: {service} ({count})", markup=False)
+    for move, count in summary.misrouted_moves.most_common(5):
+        console.print(f"top misroute: {move} ({count})", markup=False)
+
+
+def _print_nightly(summary: Any) -> None:
+    from pipelines.jobs.nightly import describe
+
+    table = Table(title=f"nightly {summary.date}", show_header=False)
+    for name, value in describe(summary).items():
+        table.add_row(name, str(value))
+    console.print(table)
+    for reason in summary.reasons:
+        console.print(f"  gate reason: {reason}", markup=False)
+
+
+def _print_shown(result: Any) -> None:
+    before, after = result.shown[0].before["model"]["version"], result.shown[0].after["model"]["version"]
+    table = Table(
+        title=f"held-out tickets routed by {result.endpoint}/v1/route/batch, before and after nightly"
+    )
+    for column in ("ticket", "kind", "owner", f"v{before} → (confidence)", f"v{after} → (confidence)"):
+        table.add_column(column, overflow="fold")
+    for item in result.shown:
+        table.add_row(
+            item.ticket["ticket_id"],
+            item.kind,
+            item.owner,
+            _answer(item.before, item.owner),
+            _answer(item.after, item.owner),
+        )
+    console.print(table)
+
+
+def _answer(answer: dict[str, Any], owner: str) -> str:
+    mark = "✓" if answer["tenant"] == owner else "✗"
+    abstain = ", abstain" if answer["abstain"] else ""
+    return f"{mark} {answer['tenant']} ({answer['confidence']:.2f}{abstain})"
+
+
+def _print_demo_summary(config: OncallConfig, result: Any) -> None:
+    right = {
+        "before": sum(item.before["tenant"] == item.owner for item in result.shown),
+        "after": sum(item.after["tenant"] == item.owner for item in result.shown),
+    }
+    table = Table(title="demo summary", show_header=False)
+    table.add_row("first champion", f"version {result.first_champion}")
+    table.add_row(
+        "nightly", f"{result.nightly.date}: {result.nightly.status}, gate {result.nightly.decision or '-'}"
+    )
+    table.add_row("champion now", f"version {result.nightly.champion_after}")
+    table.add_row(
+        "running endpoint switched",
+        f"by itself (alias watch, no restart); on v{result.nightly.champion_after} "
+        f"{result.hot_swap_seconds:.1f} s after nightly returned",
+    )
+    table.add_row(
+        "held-out tickets routed right",
+        f"{right['before']}/{len(result.shown)} before → {right['after']}/{len(result.shown)} after",
+    )
+    table.add_row("rescored", f"{result.rescore.rows_read:,} rows into {result.rescore.output}")
+    console.print(table)
+    console.print(f"MLflow UI: mlflow ui --backend-store-uri {config.tracking_uri}", markup=False)
+    console.print(
+        "Ray dashboard: run on a started cluster (ray start --head --dashboard-host 127.0.0.1; "
+        "RAY_ADDRESS=auto oncall-router serve), then open http://127.0.0.1:8265",
+        markup=False,
+    )
+
+
+def _print_manifest_summary(archive: Path, manifest: dict[str, Any]) -> None:
+    table = Table(title=f"sample archive {archive}", show_header=False)
+    table.add_row("days", f"{len(manifest['tickets_per_day'])} ({manifest['start']} … {manifest['end']})")
+    table.add_row("tickets", f"{manifest['tickets']:,}")
+    table.add_row("tenants", str(len(manifest["tenants"])))
+    for move in manifest["ownership_moves"]:
+        table.add_row("ownership move", f"{move['date']}: {move['service']} {move['from']} → {move['to']}")
+    for tenant in manifest["new_tenants"]:
+        table.add_row("new tenant", f"{tenant['date']}: {tenant['tenant']} ({', '.join(tenant['services'])})")
+    console.print(table)

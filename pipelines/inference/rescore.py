@@ -1,0 +1,317 @@
+"""``rescore``: score a ticket archive in bulk with one registered version, and report misroutes.
+
+One Ray Data pipeline streams every pending file of the window (``read_parquet``) through an
+actor pool of :class:`ScoreTickets`, which wraps :class:`TicketClassifier`, the class the Serve
+deployment wraps too, so a ticket scored online and in bulk by the same version gets the same
+answer. The driver groups the scored blocks by day and commits each day on its own
+(the output layout and the commit: :mod:`pipelines.inference.output`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import ray
+import ray.data
+
+from pipelines.config import OncallConfig
+from pipelines.contract.archive import Partition, check_archive, read_partition_file, resolve
+from pipelines.contract.rows import TICKET_READ_SCHEMA
+from pipelines.errors import ArchiveError, ConfigError
+from pipelines.inference.actor import ScoreTickets
+from pipelines.inference.output import (
+    VERSION_KEY,
+    PartitionWriter,
+    committed_days,
+)
+from pipelines.inference.summary import (
+    MISROUTED_ARTIFACT,
+    PartitionResult,
+    RescoreSummary,
+    SkippedFile,
+    log_metrics,
+    log_params,
+    log_results,
+)
+from pipelines.jobs.ray_runtime import ray_session
+from pipelines.registry.tracking import ensure_experiment, tracking_client
+from pipelines.registry.versions import CHAMPION, Registry, VersionRef
+
+log = logging.getLogger(__name__)
+
+RESCORE_EXPERIMENT = "rescore"
+# What the actors return: the ticket (kept whole for rejected rows), its file, and the scores.
+
+
+@dataclass(frozen=True)
+class RescoreRequest:
+    """What to rescore; ``None`` fields take the configured defaults (``data.archive``,
+    ``rescore.out``, alias ``champion``, ``rescore.on_bad_file``)."""
+
+    archive_uri: str | None = None
+    out_uri: str | None = None
+    alias: str | None = None
+    version: str | None = None
+    since: dt.date | None = None
+    until: dt.date | None = None
+    on_bad_file: Literal["fail", "skip"] | None = None
+
+    def __post_init__(self) -> None:
+        if self.alias and self.version:
+            raise ConfigError("rescore: give an alias or a version, not both")
+
+
+def rescore(
+    config: OncallConfig,
+    request: RescoreRequest | None = None,
+    *,
+    on_commit: Callable[[PartitionResult], None] | None = None,
+) -> RescoreSummary:
+    """Score the window's uncommitted days with one version; log the summary to MLflow.
+
+    ``on_commit`` is called after each day is committed (progress, and a hook for tests that
+    interrupt a run)."""
+    request = request or RescoreRequest()
+    started = time.monotonic()
+    archive = request.archive_uri or config.archive_uri
+    out = request.out_uri or config.rescore_out
+    policy = request.on_bad_file or config.rescore.on_bad_file
+    registry = Registry(config)
+    ref = (
+        registry.get(version=request.version)
+        if request.version
+        else registry.get(alias=request.alias or CHAMPION)
+    )
+    out_fs, out_root = resolve(out)
+    version_dir = f"{out_root.rstrip('/')}/{VERSION_KEY}={ref.version}"
+    summary = RescoreSummary(
+        archive=archive,
+        output=f"{out.rstrip('/')}/{VERSION_KEY}={ref.version}",
+        model_name=ref.name,
+        model_version=ref.version,
+        on_bad_file=policy,
+    )
+
+    pending = _plan(request, summary, committed_days(out_fs, version_dir))
+    log.info(
+        "rescoring %s with %s version %s into %s: %d day(s) to score, %d already committed",
+        archive,
+        ref.name,
+        ref.version,
+        summary.output,
+        len(pending),
+        len(summary.already_committed),
+    )
+
+    client = tracking_client(config)
+    experiment_id = ensure_experiment(client, config, RESCORE_EXPERIMENT)
+    run_name = f"rescore-v{ref.version}-{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}"
+    run_id = client.create_run(experiment_id, run_name=run_name).info.run_id
+    summary.run_id = run_id
+    try:
+        log_params(
+            client,
+            run_id,
+            config,
+            summary,
+            alias=request.alias or ("" if request.version else CHAMPION),
+            since=request.since,
+            until=request.until,
+        )
+        with tempfile.TemporaryDirectory(prefix="oncall-rescore-") as folder:
+            misrouted_csv = Path(folder) / MISROUTED_ARTIFACT
+            if pending:
+                writer = PartitionWriter(
+                    out_fs, out_root, version_dir, ref, summary, misrouted_csv, on_commit
+                )
+                with ray_session():
+                    _score_pending(config, registry, ref, pending, policy, writer, Path(folder))
+            summary.seconds = time.monotonic() - started
+            log_results(client, run_id, summary, misrouted_csv)
+        client.set_terminated(run_id, status="FINISHED")
+    except BaseException:
+        summary.seconds = time.monotonic() - started
+        log_metrics(client, run_id, summary)
+        client.set_terminated(run_id, status="FAILED")
+        raise
+    log.info(
+        "rescored %d row(s) in %.1f s: %d scored, %d rejected, %d misrouted",
+        summary.rows_read,
+        summary.seconds,
+        summary.rows_scored,
+        sum(summary.rejected.values()),
+        summary.misrouted,
+    )
+    return summary
+
+
+def _plan(request: RescoreRequest, summary: RescoreSummary, committed: set[dt.date]) -> list[Partition]:
+    """The window's days not committed yet; their files' footer problems fail the run or are
+    recorded as skipped files. Committed days are not checked again."""
+    partitions, problems = check_archive(summary.archive, request.since, request.until)
+    if not partitions:
+        window = f"between {request.since or 'the start'} and {request.until or 'the end'}"
+        raise ArchiveError(f"archive {summary.archive} has no partitions {window}")
+    pending = [p for p in partitions if p.day not in committed]
+    summary.already_committed = sorted(p.day for p in partitions if p.day in committed)
+    pending_files = {path for p in pending for path in p.files}
+    problems = [p for p in problems if p.source in pending_files]
+    if problems and summary.on_bad_file == "fail":
+        raise ArchiveError(
+            "the archive breaks the ticket contract (--on-bad-file skip scores the rest):\n  "
+            + "\n  ".join(map(str, problems))
+        )
+    by_file: dict[str, list[str]] = {}
+    for problem in problems:
+        by_file.setdefault(problem.source, []).append(str(problem).removeprefix(f"{problem.source}: "))
+    summary.skipped_files = [SkippedFile(path, "; ".join(reasons)) for path, reasons in by_file.items()]
+    for skipped in summary.skipped_files:
+        log.warning("skipping %s: %s", skipped.path, skipped.reason)
+    return pending
+
+
+def _score_pending(
+    config: OncallConfig,
+    registry: Registry,
+    ref: VersionRef,
+    pending: list[Partition],
+    policy: str,
+    writer: PartitionWriter,
+    scratch: Path,
+) -> None:
+    """Run the pipeline over the pending days; a file that cannot be read is named (``fail``)
+    or skipped and the pipeline restarted on the days not committed yet (``skip``)."""
+    filesystem, _ = resolve(writer.summary.archive)
+    model_files = _read_dir(registry.download(ref, scratch / "model"))
+    while True:
+        skipped = {s.path for s in writer.summary.skipped_files}
+        todo = [p for p in pending if p.day not in writer.done]
+        files = [path for p in todo for path in p.files if path not in skipped]
+        expected = {p.day: 0 for p in todo if any(path not in skipped for path in p.files)}
+        day_of = {path: p.day for p in todo for path in p.files}
+        for path in files:
+            expected[day_of[path]] += pq.read_metadata(path, filesystem=filesystem).num_rows
+        skipped_of = {
+            p.day: tuple(path for path in p.files if path in skipped) for p in todo if p.day in expected
+        }
+        writer.open(expected, day_of, skipped_of)
+        if not files:
+            writer.finish()
+            return
+        blocks = _scored_blocks(config, filesystem, files, ref, model_files)
+        try:
+            for block in blocks:
+                writer.add(block)
+            writer.finish()
+            return
+        except _ReadError as failure:
+            unreadable = _unreadable_files(failure.error, files, filesystem)
+            if not unreadable:
+                raise failure.error from None
+            if policy == "fail":
+                raise ArchiveError(
+                    "; ".join(f"{s.path}: {s.reason}" for s in unreadable)
+                    + " (--on-bad-file skip scores the rest)"
+                ) from None
+            for item in unreadable:
+                log.warning(
+                    "skipping %s: %s; restarting on the days not committed yet", item.path, item.reason
+                )
+            writer.summary.skipped_files.extend(unreadable)
+        finally:
+            blocks.close()  # stops the pipeline (and its actors) when a commit hook or error ends it
+
+
+class _ReadError(Exception):
+    """The pipeline failed reading a file (Ray wraps the pyarrow error)."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _scored_blocks(
+    config: OncallConfig,
+    filesystem: pafs.FileSystem,
+    files: list[str],
+    ref: VersionRef,
+    model_files: dict[str, bytes],
+) -> Iterator[pa.Table]:
+    settings = config.rescore
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    actors = min(settings.actors, gpus) if gpus else settings.actors
+    log.info(
+        "scoring %d file(s) with %d actor(s) (%s CPU%s each), batches of %d",
+        len(files),
+        actors,
+        settings.cpus_per_actor,
+        " + 1 GPU" if gpus else "",
+        settings.batch_size,
+    )
+    dataset = (
+        ray.data.read_parquet(
+            files, filesystem=filesystem, partitioning=None, include_paths=True, schema=TICKET_READ_SCHEMA
+        )
+        # The reader merges small files into one block, which one actor would score alone:
+        # streaming repartition (no barrier) into batch-sized blocks spreads them over the pool.
+        .repartition(target_num_rows_per_block=settings.batch_size)
+    ).map_batches(
+        ScoreTickets,
+        fn_constructor_kwargs={
+            "model_files": model_files,
+            "model_name": ref.name,
+            "model_version": ref.version,
+            "top_k": config.evaluate.top_k,
+            "misroute_confidence": settings.misroute_confidence,
+        },
+        batch_size=settings.batch_size,
+        batch_format="pandas",
+        compute=ray.data.ActorPoolStrategy(size=actors),
+        num_cpus=settings.cpus_per_actor,
+        num_gpus=1 if gpus else None,
+    )
+    blocks = iter(dataset.iter_batches(batch_format="pyarrow", batch_size=None))
+    try:
+        while True:
+            try:
+                block = next(blocks)
+            except StopIteration:
+                return
+            except ray.exceptions.RayTaskError as exc:
+                if isinstance(exc, OSError | pa.ArrowException):  # Ray keeps the cause's type
+                    raise _ReadError(exc) from exc
+                raise
+            yield block
+    finally:
+        close = getattr(blocks, "close", None)
+        if close is not None:
+            close()
+
+
+def _unreadable_files(
+    error: BaseException, files: list[str], filesystem: pafs.FileSystem
+) -> list[SkippedFile]:
+    """The files behind a read error: the ones Ray's message names, else every file, each
+    confirmed by reading it on the driver."""
+    named = [path for path in files if path in str(error)]
+    unreadable = []
+    for path in named or files:
+        try:
+            read_partition_file(path, filesystem)
+        except ArchiveError as exc:
+            unreadable.append(SkippedFile(path, str(exc).removeprefix(f"{path}: ")))
+    return unreadable
+
+
+def _read_dir(root: Path) -> dict[str, bytes]:
+    return {str(path.relative_to(root)): path.read_bytes() for path in root.rglob("*") if path.is_file()}

@@ -1,0 +1,390 @@
+"""``nightly``: the online-learning loop for one date.
+
+new archive days + feedback → incremental training (warm start from the champion, replay of
+older tickets, the head grows for new tenants) → register → gate → promote → rescore.
+
+Every step leaves a trace in MLflow (the training run and the registered version are tagged
+with the date, the gate's decision is tagged on the version, the nightly run records the rest),
+so a re-run of the same date reuses what is done: a finished date is a no-op, a crashed one
+resumes where it stopped, and nothing is trained or registered twice. A lock file keeps two
+runs from overlapping on this data dir.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import fcntl
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pandas as pd
+from mlflow.entities import Run
+
+from pipelines.config import OncallConfig
+from pipelines.contract.archive import list_partitions
+from pipelines.data.feedback import FeedbackStore
+from pipelines.errors import OncallError
+from pipelines.inference.rescore import RescoreRequest, rescore
+from pipelines.jobs.ray_runtime import ray_session
+from pipelines.registry.promotion import promote
+from pipelines.registry.tracking import ensure_experiment, tracking_client
+from pipelines.registry.versions import CHAMPION, PREVIOUS, Registry, VersionRef
+from pipelines.training.job import TrainRequest, resolve_base, train
+
+log = logging.getLogger(__name__)
+
+NIGHTLY_EXPERIMENT = "nightly"
+DATE_TAG = "nightly.date"
+INGESTED_TAG = "nightly.ingested_until"
+LOCK_FILE = "nightly.lock"
+STEPS = ("ingest", "train", "register", "gate", "rescore")
+T = TypeVar("T")
+
+
+class NightlyLockedError(OncallError):
+    """Another nightly run holds the lock."""
+
+
+@dataclass(frozen=True)
+class NightlyRequest:
+    date: dt.date
+    archive_uri: str | None = None
+    fail_after: str | None = None  # test hook: raise right after this step (one of STEPS)
+
+
+@dataclass
+class NightlySummary:
+    date: dt.date
+    run_id: str = ""
+    status: str = "completed"  # completed | already done | nothing new
+    new_days: list[dt.date] = field(default_factory=list)
+    window: str = ""
+    feedback_labels: int = 0
+    champion_before: str | None = None
+    version: str | None = None
+    decision: str = ""  # promoted | rejected | (empty: nothing trained)
+    reasons: list[str] = field(default_factory=list)
+    champion_after: str | None = None
+    train_run_id: str = ""
+    rescored_rows: int = 0
+    rescored_misrouted: int = 0
+    step_seconds: dict[str, float] = field(default_factory=dict)
+    reused_steps: list[str] = field(default_factory=list)
+
+
+def default_date() -> dt.date:
+    """Yesterday (UTC): the newest day whose partition is complete."""
+    return dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)
+
+
+def last_successful_date(config: OncallConfig) -> dt.date | None:
+    runs = _finished_runs(config)
+    return max((dt.date.fromisoformat(r.data.tags[DATE_TAG]) for r in runs), default=None)
+
+
+def run_nightly(config: OncallConfig, request: NightlyRequest) -> NightlySummary:
+    with exclusive_lock(config.data_dir / LOCK_FILE):
+        done = [r for r in _finished_runs(config) if r.data.tags[DATE_TAG] == request.date.isoformat()]
+        if done:
+            log.info(
+                "nightly %s already completed (run %s): nothing to do", request.date, done[0].info.run_id
+            )
+            return _summary_of(done[0], request.date)
+        with ray_session():
+            return _NightlyRun(config, request).run()
+
+
+class _NightlyRun:
+    def __init__(self, config: OncallConfig, request: NightlyRequest) -> None:
+        self.config = config
+        self.request = request
+        self.date = request.date
+        self.archive = request.archive_uri or config.archive_uri
+        self.client = tracking_client(config)
+        self.registry = Registry(config, self.client)
+        self.summary = NightlySummary(date=self.date)
+        self.feedback = pd.DataFrame(columns=["ticket_id", "tenant", "source", "received_at"])
+        self.window: tuple[dt.date | None, dt.date] = (None, self.date)  # set by the ingest step
+
+    def run(self) -> NightlySummary:
+        self.summary.run_id = self._open_run()
+        self.summary.champion_before = _version_of(self.registry.alias_or_none(CHAMPION))
+        try:
+            ingested_until = self._step("ingest", self._ingest)
+            if self.summary.new_days or self.summary.feedback_labels:
+                train_run_id = self._step("train", self._train)
+                version = self._step("register", lambda: self._register(train_run_id))
+                self._step("gate", lambda: self._gate(version))
+            else:
+                self.summary.status = "nothing new"
+                log.info("nightly %s: no new archive day and no new feedback: nothing to train", self.date)
+            self._step("rescore", self._rescore)
+            self.summary.champion_after = _version_of(self.registry.alias_or_none(CHAMPION))
+            self._finish(ingested_until)
+        except BaseException:
+            self.client.set_terminated(self.summary.run_id, status="FAILED")
+            raise
+        return self.summary
+
+    # -- steps ---------------------------------------------------------------------------------
+
+    def _ingest(self) -> str:
+        """New days: partitions after what the last successful run (or the champion) covered."""
+        finished = _finished_runs(self.config)
+        covered = _ingested_until(finished, self.registry)
+        days = [p.day for p in list_partitions(self.archive, until=self.date)]
+        self.summary.new_days = [day for day in days if covered is None or day > covered]
+        self.feedback = FeedbackStore(self.config.feedback_db_url).read()
+        since_last = (
+            dt.datetime.fromtimestamp(max(r.info.end_time for r in finished) / 1000, dt.UTC)
+            if finished
+            else None
+        )
+        recent = (
+            self.feedback if since_last is None else self.feedback[self.feedback.received_at > since_last]
+        )
+        self.summary.feedback_labels = len(recent)
+        needed = self.config.data.validation_days + self.config.data.test_days + 1
+        window = days[-max(len(self.summary.new_days), needed) :] if covered is not None else days
+        if not window:
+            raise OncallError(f"archive {self.archive} has no partition on or before {self.date}")
+        self.window = (window[0] if covered is not None else None, window[-1])
+        self.summary.window = f"{window[0]}..{window[-1]}"
+        log.info(
+            "nightly %s: %d new day(s) after %s, %d new feedback label(s); training window %s",
+            self.date,
+            len(self.summary.new_days),
+            covered or "nothing",
+            self.summary.feedback_labels,
+            self.summary.window,
+        )
+        return (self.summary.new_days or [covered or self.date])[-1].isoformat()
+
+    def _train(self) -> str:
+        existing = self._tagged_training_run()
+        if existing is not None:
+            self.summary.reused_steps.append("train")
+            log.info("reusing training run %s of %s", existing, self.date)
+            self.summary.train_run_id = existing
+            return existing
+        champion = self.registry.alias_or_none(CHAMPION)
+        overrides = dict(zip(self.feedback.ticket_id, self.feedback.tenant, strict=True))
+        with tempfile.TemporaryDirectory(prefix="oncall-nightly-") as folder:
+            warm_start = self.registry.download(champion, Path(folder)) if champion else None
+            result = train(
+                self.config,
+                TrainRequest(
+                    archive_uri=self.archive,
+                    base_dir=resolve_base(self.config),
+                    since=self.window[0],
+                    until=self.window[1],
+                    register=False,
+                    warm_start=warm_start,
+                    replay_rows=self.config.nightly.replay_size if champion else 0,
+                    label_overrides=overrides,
+                    run_tags={DATE_TAG: self.date.isoformat()},
+                ),
+            )
+        self.summary.train_run_id = result.run_id
+        return result.run_id
+
+    def _register(self, train_run_id: str) -> str:
+        registered = self.client.search_model_versions(
+            f"name='{self.registry.name}' and run_id='{train_run_id}'"
+        )
+        if registered:
+            self.summary.reused_steps.append("register")
+            version = str(max(int(v.version) for v in registered))
+        else:
+            version = self.registry.register_run(train_run_id).version
+            self.registry.tag(version, {DATE_TAG: self.date.isoformat()})
+        self.summary.version = version
+        return version
+
+    def _gate(self, version: str) -> None:
+        ref = self.registry.get(version=version)
+        decided = ref.tags.get("gate.decision")
+        if decided:  # gated before a crash: finish what it decided, never gate twice
+            self.summary.reused_steps.append("gate")
+            self.summary.decision = decided
+            self.summary.reasons = [r for r in ref.tags.get("gate.reasons", "").split("; ") if r]
+            if decided == "promoted" and _version_of(self.registry.alias_or_none(CHAMPION)) != version:
+                if ref.tags.get("gate.champion"):
+                    self.registry.set_alias(PREVIOUS, ref.tags["gate.champion"])
+                self.registry.set_alias(CHAMPION, version)
+            return
+        decision = promote(self.config, version, archive_uri=self.archive)
+        self.summary.decision = "promoted" if decision.promoted else "rejected"
+        self.summary.reasons = decision.reasons
+
+    def _rescore(self) -> None:
+        if self.registry.alias_or_none(CHAMPION) is None or self.config.nightly.rescore_days == 0:
+            return
+        since = self.date - dt.timedelta(days=self.config.nightly.rescore_days - 1)
+        result = rescore(
+            self.config,
+            RescoreRequest(archive_uri=self.archive, alias=CHAMPION, since=since, until=self.date),
+        )
+        self.summary.rescored_rows = result.rows_read
+        self.summary.rescored_misrouted = result.misrouted
+
+    # -- bookkeeping ---------------------------------------------------------------------------
+
+    def _step(self, name: str, action: Callable[[], T]) -> T:
+        started = time.monotonic()
+        log.info("nightly %s: step %s", self.date, name)
+        value = action()
+        seconds = time.monotonic() - started
+        self.summary.step_seconds[name] = seconds
+        self.client.log_metric(self.summary.run_id, f"seconds_{name}", seconds)
+        if self.request.fail_after == name:
+            raise RuntimeError(f"fault injection: nightly stops after step {name}")
+        return value
+
+    def _open_run(self) -> str:
+        """The date's unfinished run (resumed) or a new one."""
+        experiment_id = ensure_experiment(self.client, self.config, NIGHTLY_EXPERIMENT)
+        previous = self.client.search_runs(
+            [experiment_id], filter_string=f"tags.`{DATE_TAG}` = '{self.date.isoformat()}'"
+        )
+        if previous:
+            run_id = previous[0].info.run_id
+            self.client.update_run(run_id, status="RUNNING")
+            log.info("resuming nightly %s (run %s)", self.date, run_id)
+            return run_id
+        return self.client.create_run(
+            experiment_id, run_name=f"nightly-{self.date.isoformat()}", tags={DATE_TAG: self.date.isoformat()}
+        ).info.run_id
+
+    def _tagged_training_run(self) -> str | None:
+        experiment = self.client.get_experiment_by_name(self.config.registry.experiment)
+        if experiment is None:
+            return None
+        finished = self.client.search_runs(
+            [experiment.experiment_id],
+            filter_string=f"tags.`{DATE_TAG}` = '{self.date.isoformat()}' and attributes.status = 'FINISHED'",
+        )
+        return finished[0].info.run_id if finished else None
+
+    def _finish(self, ingested_until: str) -> None:
+        summary = self.summary
+        tags = {
+            INGESTED_TAG: ingested_until,
+            "nightly.status": summary.status,
+            "nightly.window": summary.window,
+            "nightly.new_days": ",".join(day.isoformat() for day in summary.new_days),
+            "nightly.champion_before": summary.champion_before or "",
+            "nightly.version": summary.version or "",
+            "nightly.decision": summary.decision,
+            "nightly.reasons": "; ".join(summary.reasons)[:4000],
+            "nightly.champion_after": summary.champion_after or "",
+            "nightly.train_run_id": summary.train_run_id,
+            "nightly.reused_steps": ",".join(summary.reused_steps),
+        }
+        for key, value in tags.items():
+            self.client.set_tag(summary.run_id, key, value)
+        for key, value in (
+            ("new_days", len(summary.new_days)),
+            ("feedback_labels", summary.feedback_labels),
+            ("rescored_rows", summary.rescored_rows),
+            ("rescored_misrouted", summary.rescored_misrouted),
+        ):
+            self.client.log_metric(summary.run_id, key, value)
+        self.client.set_terminated(summary.run_id, status="FINISHED")
+
+
+def _finished_runs(config: OncallConfig) -> list[Run]:
+    client = tracking_client(config)
+    experiment = client.get_experiment_by_name(NIGHTLY_EXPERIMENT)
+    if experiment is None:
+        return []
+    return client.search_runs([experiment.experiment_id], filter_string="attributes.status = 'FINISHED'")
+
+
+def _ingested_until(finished: list[Run], registry: Registry) -> dt.date | None:
+    """The last archive day already learned from: the last successful nightly run's, else the
+    end of the champion's training data (its test days were seen in evaluation only, but they
+    are the days before the first nightly)."""
+    if finished:
+        return max(dt.date.fromisoformat(r.data.tags[INGESTED_TAG]) for r in finished)
+    champion = registry.alias_or_none(CHAMPION)
+    window = champion.tags.get("window.test", "") if champion else ""
+    return dt.date.fromisoformat(window.split("..")[-1]) if window else None
+
+
+def _version_of(ref: VersionRef | None) -> str | None:
+    return ref.version if ref else None
+
+
+def _summary_of(run: Run, date: dt.date) -> NightlySummary:
+    tags, metrics = run.data.tags, run.data.metrics
+    return NightlySummary(
+        date=date,
+        run_id=run.info.run_id,
+        status="already done",
+        new_days=[dt.date.fromisoformat(d) for d in tags.get("nightly.new_days", "").split(",") if d],
+        window=tags.get("nightly.window", ""),
+        champion_before=tags.get("nightly.champion_before") or None,
+        version=tags.get("nightly.version") or None,
+        decision=tags.get("nightly.decision", ""),
+        reasons=[r for r in tags.get("nightly.reasons", "").split("; ") if r],
+        champion_after=tags.get("nightly.champion_after") or None,
+        train_run_id=tags.get("nightly.train_run_id", ""),
+        feedback_labels=int(metrics.get("feedback_labels", 0)),
+        rescored_rows=int(metrics.get("rescored_rows", 0)),
+        rescored_misrouted=int(metrics.get("rescored_misrouted", 0)),
+        reused_steps=[s for s in tags.get("nightly.reused_steps", "").split(",") if s],
+    )
+
+
+@contextmanager
+def exclusive_lock(path: Path) -> Iterator[None]:
+    """An exclusive, non-blocking lock on ``path`` (released by the OS if the process dies)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            raise NightlyLockedError(f"another nightly run holds {path} ({holder})") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} since {dt.datetime.now(dt.UTC).isoformat(timespec='seconds')}\n")
+        handle.flush()
+        try:
+            yield
+        finally:
+            handle.seek(0)
+            handle.truncate()
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def describe(summary: NightlySummary) -> dict[str, Any]:
+    """The summary as rows for a table (CLI, demo)."""
+    return {
+        "date": summary.date.isoformat(),
+        "status": summary.status,
+        "MLflow run (experiment nightly)": summary.run_id,
+        "new days": (
+            f"{summary.new_days[0]} … {summary.new_days[-1]} ({len(summary.new_days)})"
+            if summary.new_days
+            else "none"
+        ),
+        "training window": summary.window or "-",
+        "new feedback labels": summary.feedback_labels,
+        "champion before": summary.champion_before or "none",
+        "trained version": summary.version or "-",
+        "gate": summary.decision or "-",
+        "champion after": summary.champion_after or "none",
+        "rescored rows / misrouted": f"{summary.rescored_rows} / {summary.rescored_misrouted}",
+        "reused steps": ", ".join(summary.reused_steps) or "none",
+        **{f"step {name} (s)": f"{seconds:.1f}" for name, seconds in summary.step_seconds.items()},
+    }

@@ -1,0 +1,202 @@
+"""``TicketClassifier``: the one inference class. Serving, rescoring and evaluation wrap it.
+
+Its forward path imports neither Ray nor MLflow, so it runs on a bare GPU machine.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from pipelines.contract.text import TextBuilder
+from pipelines.errors import ModelError
+from pipelines.model.artifact import LabelSet, load_classifier
+from pipelines.model.batching import pad_batch
+
+if TYPE_CHECKING:
+    from pipelines.config import OncallConfig
+    from pipelines.registry.versions import Registry, VersionRef
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    tenant: str
+    confidence: float
+    top_k: list[tuple[str, float]]
+    abstain: bool  # below the version's threshold: route to human triage
+
+
+class TicketClassifier:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer: Any,
+        labels: LabelSet,
+        text_builder: TextBuilder,
+        *,
+        max_length: int,
+        abstain_threshold: float = 0.0,
+        batch_size: int = 64,
+        max_batch_tokens: int | None = None,
+    ) -> None:
+        """``batch_size``: tickets per forward pass at most; ``max_batch_tokens`` (optional): also
+        at most this many padded tokens per pass, so short tickets go in larger batches."""
+        if batch_size < 1 or (max_batch_tokens is not None and max_batch_tokens < 1):
+            raise ModelError(
+                f"batch_size and max_batch_tokens must be >= 1, got {batch_size}, {max_batch_tokens}"
+            )
+        self.model = model
+        self.tokenizer = tokenizer
+        self.labels = labels
+        self.text_builder = text_builder
+        self.max_length = max_length
+        self.abstain_threshold = abstain_threshold
+        self.batch_size = batch_size
+        self.max_batch_tokens = max_batch_tokens
+        # Batches are right-padded with the id the model pools on (its last non-pad token).
+        self.pad_token_id: int = model.config.pad_token_id
+        if self.pad_token_id is None:
+            raise ModelError(
+                "the model config has no pad_token_id; the classifier pools the last non-pad token"
+            )
+        self.version: str | None = None  # the registry version, when loaded from the registry
+        self.device = next(model.parameters()).device
+        self.dtype = next(model.parameters()).dtype
+
+    @classmethod
+    def from_dir(
+        cls,
+        model_dir: Path,
+        *,
+        device: str | None = None,
+        base_dir: Path | None = None,
+        batch_size: int = 64,
+        merge: bool = True,
+    ) -> TicketClassifier:
+        """Load a saved classifier directory (bf16 on GPU, fp32 on CPU). ``merge``: fold the LoRA
+        adapter into the base weights (faster; see benchmarks/RESULTS.md)."""
+        target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        dtype = torch.bfloat16 if target.type == "cuda" else torch.float32
+        model, tokenizer, labels, descriptor = load_classifier(
+            model_dir, base_dir=base_dir, dtype=dtype, merge=merge
+        )
+        return cls(
+            model.to(target),
+            tokenizer,
+            labels,
+            TextBuilder.from_settings(descriptor["text"]),
+            max_length=descriptor["max_length"],
+            abstain_threshold=float(descriptor.get("abstain_threshold", 0.0)),
+            batch_size=batch_size,
+        )
+
+    @classmethod
+    def from_registry(
+        cls,
+        config: OncallConfig,
+        *,
+        alias: str | None = None,
+        version: str | None = None,
+        name: str | None = None,
+        device: str | None = None,
+        batch_size: int = 64,
+    ) -> TicketClassifier:
+        """A registered version (``models:/<name>@alias`` or version number; ``name`` defaults to
+        ``registry.model_name``).
+        MLflow is imported here only: the forward path needs neither MLflow nor Ray."""
+        from pipelines.registry.versions import Registry
+
+        if name is not None:
+            config = config.model_copy(
+                update={"registry": config.registry.model_copy(update={"model_name": name})}
+            )
+        registry = Registry(config)
+        return cls.from_version(
+            registry, registry.get(alias=alias, version=version), device=device, batch_size=batch_size
+        )
+
+    @classmethod
+    def from_version(
+        cls,
+        registry: Registry,
+        ref: VersionRef,
+        *,
+        device: str | None = None,
+        batch_size: int = 64,
+        merge: bool = True,
+    ) -> TicketClassifier:
+        """The classifier of a version already looked up in the registry."""
+        with tempfile.TemporaryDirectory() as folder:
+            classifier = cls.from_dir(
+                registry.download(ref, Path(folder)), device=device, batch_size=batch_size, merge=merge
+            )
+        classifier.version = ref.version
+        return classifier
+
+    def predict_proba_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """Class probabilities (n, tenants) in input order."""
+        if not texts:
+            return np.zeros((0, len(self.labels)), dtype=np.float32)
+        encoded = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)["input_ids"]
+        return self.predict_proba_ids(encoded)
+
+    @torch.inference_mode()
+    def predict_proba_ids(self, encoded: Sequence[Sequence[int]]) -> np.ndarray:
+        """Class probabilities (n, tenants) of already-tokenized tickets, in input order. Tickets
+        are sorted by length so each batch pads little."""
+        result = np.empty((len(encoded), len(self.labels)), dtype=np.float32)
+        order = np.argsort([len(ids) for ids in encoded], kind="stable")
+        for rows in self._batches([len(encoded[i]) for i in order]):
+            picked = order[rows]
+            batch = pad_batch([encoded[i] for i in picked], self.pad_token_id)
+            logits = self.model(
+                input_ids=batch["input_ids"].to(self.device),
+                attention_mask=batch["attention_mask"].to(self.device),
+            ).logits
+            result[picked] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
+        return result
+
+    def _batches(self, sorted_lengths: Sequence[int]) -> Iterator[slice]:
+        """Consecutive slices of length-sorted tickets: ``batch_size`` tickets at most and, with
+        ``max_batch_tokens``, at most that many padded tokens (a longer ticket goes alone)."""
+        start = 0
+        while start < len(sorted_lengths):
+            stop = min(start + self.batch_size, len(sorted_lengths))
+            if self.max_batch_tokens is not None:
+                # Sorted ascending: a batch's padded size is its count times its last length.
+                fits = start + 1
+                while fits < stop and (fits + 1 - start) * sorted_lengths[fits] <= self.max_batch_tokens:
+                    fits += 1
+                stop = fits
+            yield slice(start, stop)
+            start = stop
+
+    def predict(self, tickets: Sequence[Mapping[str, Any]], top_k: int = 3) -> list[Prediction]:
+        """Ranked tenants for ticket rows (dicts with the ticket columns)."""
+        probabilities = self.predict_proba_texts(self.text_builder.build_many(tickets))
+        return self.rank(probabilities, top_k)
+
+    def rank(self, probabilities: np.ndarray, top_k: int = 3) -> list[Prediction]:
+        k = min(top_k, len(self.labels))
+        best = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
+        predictions = []
+        for row, ids in zip(probabilities, best, strict=True):
+            ranked = [(self.labels.tenants[i], float(row[i])) for i in ids]
+            predictions.append(
+                Prediction(
+                    tenant=ranked[0][0],
+                    confidence=ranked[0][1],
+                    top_k=ranked,
+                    abstain=ranked[0][1] < self.abstain_threshold,
+                )
+            )
+        return predictions

@@ -1,0 +1,222 @@
+"""The promotion gate: challenger vs champion on the same tickets; moves alias ``champion``.
+
+:func:`decide` is the pure rule set; :func:`promote` and :func:`rollback` are the jobs.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from pipelines.config import OncallConfig, PromotionConfig
+from pipelines.contract.columns import LABEL_COLUMN
+from pipelines.errors import ModelError
+from pipelines.evaluation.job import labelled_rows
+from pipelines.jobs.ray_runtime import ray_session
+from pipelines.model.inference import TicketClassifier
+from pipelines.registry.versions import CHALLENGER, CHAMPION, PREVIOUS, Registry, VersionRef
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Decision:
+    version: str
+    promoted: bool
+    reasons: list[str]
+    regressions: list[dict[str, float | str]] = field(default_factory=list)
+    new_tenants: dict[str, float] = field(default_factory=dict)  # tenant → challenger recall
+    metrics: dict[str, float] = field(default_factory=dict)
+    champion: str | None = None
+
+    def as_tags(self) -> dict[str, str]:
+        return {
+            "gate.decision": "promoted" if self.promoted else "rejected",
+            "gate.reasons": "; ".join(self.reasons)[:4000],
+            "gate.regressions": json.dumps(self.regressions)[:4000],
+            "gate.new_tenants": json.dumps(self.new_tenants)[:4000],
+            "gate.champion": self.champion or "",
+            "gate.at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        }
+
+
+def decide(
+    truth: pd.Series,
+    challenger: pd.Series,
+    champion: pd.Series | None,
+    champion_tenants: set[str],
+    challenger_tenants: set[str],
+    rules: PromotionConfig,
+    version: str,
+) -> Decision:
+    """Rules on predicted tenants (aligned Series of tenant ids).
+
+    With a champion: top-1 on tickets whose tenant the champion knows may drop at most
+    ``top1_tolerance``; no such tenant with ``min_support`` tickets may lose more than
+    ``recall_drop`` recall. Tenants the champion cannot know are reported, not judged.
+    Without one: top-1 must beat the majority-class baseline by ``first_version_margin``.
+    """
+    challenger_right = challenger == truth
+    if champion is None:
+        baseline = float(truth.value_counts(normalize=True).iloc[0])
+        top1 = float(challenger_right.mean())
+        metrics = {"challenger_top1": top1, "majority_baseline_top1": baseline}
+        passed = top1 >= baseline + rules.first_version_margin
+        reason = (
+            f"first version: top-1 {top1:.3f} {'beats' if passed else 'does not beat'} the majority "
+            f"baseline {baseline:.3f} by the required {rules.first_version_margin:.2f}"
+        )
+        return Decision(version, passed, [reason], metrics=metrics)
+
+    known = truth.isin(champion_tenants)
+    learned = sorted(set(truth[~known]) & (challenger_tenants - champion_tenants))
+    new_tenants = {tenant: float(challenger_right[truth == tenant].mean()) for tenant in learned}
+    champion_top1 = float((champion == truth)[known].mean()) if known.any() else 0.0
+    challenger_top1 = float(challenger_right[known].mean()) if known.any() else 0.0
+    metrics = {
+        "challenger_top1": challenger_top1,
+        "champion_top1": champion_top1,
+        "judged_tickets": float(known.sum()),
+    }
+    reasons, regressions = [], []
+    if challenger_top1 < champion_top1 - rules.top1_tolerance:
+        reasons.append(
+            f"top-1 {challenger_top1:.3f} is below the champion's {champion_top1:.3f} by more than "
+            f"{rules.top1_tolerance:.3f}"
+        )
+    for tenant, support in truth[known].value_counts().items():
+        if support < rules.min_support:
+            continue
+        rows = truth == tenant
+        before, after = float((champion == truth)[rows].mean()), float(challenger_right[rows].mean())
+        if before - after > rules.recall_drop:
+            regressions.append(
+                {
+                    "tenant": tenant,
+                    "support": int(support),
+                    "champion_recall": before,
+                    "challenger_recall": after,
+                }
+            )
+    if regressions:
+        names = ", ".join(
+            f"{r['tenant']} ({r['champion_recall']:.2f} → {r['challenger_recall']:.2f})" for r in regressions
+        )
+        reasons.append(
+            f"recall of {len(regressions)} tenant(s) drops by more than {rules.recall_drop:.2f}: {names}"
+        )
+    promoted = not reasons
+    if promoted:
+        reasons.append(
+            f"top-1 {challenger_top1:.3f} vs champion {champion_top1:.3f} within tolerance and no tenant regressed"
+        )
+    if new_tenants:
+        reasons.append(
+            f"{len(new_tenants)} tenant(s) new to the champion, reported only: {', '.join(new_tenants)}"
+        )
+    return Decision(version, promoted, reasons, regressions, new_tenants, metrics)
+
+
+def promote(
+    config: OncallConfig,
+    version: str | None = None,
+    *,
+    archive_uri: str | None = None,
+    force: bool = False,
+    reason: str = "",
+) -> Decision:
+    """Gate a version (default: alias ``challenger``) against ``champion``; promote if it passes
+    (or if forced, with the reason recorded). The decision is tagged on the version.
+
+    Tickets come from ``archive_uri``, else the configured ``data.archive``, else the archive the
+    candidate was trained on: the reference labels are the platform's, not the candidate's."""
+    registry = Registry(config)
+    candidate = registry.get(version=version) if version else registry.get(alias=CHALLENGER)
+    champion = registry.alias_or_none(CHAMPION)
+    if champion is not None and champion.version == candidate.version:
+        return Decision(candidate.version, True, ["already the champion"], champion=champion.version)
+    with tempfile.TemporaryDirectory() as folder:
+        challenger_model = TicketClassifier.from_dir(
+            registry.download(candidate, Path(folder) / "challenger")
+        )
+        champion_model = (
+            TicketClassifier.from_dir(registry.download(champion, Path(folder) / "champion"))
+            if champion
+            else None
+        )
+        archive = archive_uri or config.data.archive or candidate.tags.get("archive") or config.archive_uri
+        truth, predictions = _predict_evaluation_set(
+            config, archive, candidate, challenger_model, champion_model
+        )
+    decision = decide(
+        truth,
+        predictions["challenger"],
+        predictions.get("champion"),
+        set(champion_model.labels.tenants) if champion_model else set(),
+        set(challenger_model.labels.tenants),
+        config.promotion,
+        candidate.version,
+    )
+    decision.champion = champion.version if champion else None
+    if force and not decision.promoted:
+        decision.promoted = True
+        decision.reasons.append(f"forced: {reason or 'no reason given'}")
+    registry.tag(candidate.version, decision.as_tags())
+    if decision.promoted:
+        if champion is not None:
+            registry.set_alias(PREVIOUS, champion.version)
+        registry.set_alias(CHAMPION, candidate.version)
+        log.info("version %s is now %s", candidate.version, CHAMPION)
+    return decision
+
+
+def _predict_evaluation_set(
+    config: OncallConfig,
+    archive: str,
+    candidate: VersionRef,
+    challenger: TicketClassifier,
+    champion: TicketClassifier | None,
+) -> tuple[pd.Series, dict[str, pd.Series]]:
+    """Both models on the candidate's test days (the newest labelled days it was not trained on)
+    plus the configured golden set, each with its own text builder, aligned by ticket id."""
+    since, until = (dt.date.fromisoformat(day) for day in candidate.tags["window.test"].split(".."))
+    predictions: dict[str, pd.Series] = {}
+    truth = None
+    with ray_session():
+        for role, model in (("challenger", challenger), ("champion", champion)):
+            if model is None:
+                continue
+            rows = labelled_rows(archive, model.text_builder, since, until)
+            if config.promotion.golden_set:
+                golden = labelled_rows(config.promotion.golden_set, model.text_builder, None, None)
+                rows = pd.concat([rows, golden.assign(ticket_id="golden:" + golden["ticket_id"])])
+            rows = rows.set_index("ticket_id").sort_index()
+            if rows.empty:
+                raise ModelError(f"no labelled tickets in {archive} between {since} and {until} to gate on")
+            probabilities = model.predict_proba_texts(rows["text"].tolist())
+            predictions[role] = pd.Series(
+                [model.labels.tenants[i] for i in probabilities.argmax(axis=1)], index=rows.index
+            )
+            truth = rows[LABEL_COLUMN]
+    return truth, predictions
+
+
+def rollback(config: OncallConfig) -> tuple[str, str]:
+    """Move ``champion`` back to ``previous``; returns (from version, to version)."""
+    registry = Registry(config)
+    previous = registry.alias_or_none(PREVIOUS)
+    current = registry.alias_or_none(CHAMPION)
+    if previous is None or current is None:
+        raise ModelError(f"nothing to roll back to: '{config.registry.model_name}' has no '{PREVIOUS}' alias")
+    registry.set_alias(CHAMPION, previous.version)
+    registry.client.delete_registered_model_alias(registry.name, PREVIOUS)
+    registry.tag(
+        current.version, {"gate.rolled_back_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
+    )
+    return current.version, previous.version
