@@ -1,22 +1,31 @@
-"""One typed configuration tree for every job.
+"""One typed configuration tree for every job, and the one source of its defaults and help.
 
-Precedence, lowest first: the model defaults (identical to ``platform/config/default.yaml``),
-that file, an optional ``--config FILE``, ``ONCALL_*`` environment variables, explicit
-command-line overrides. Nothing here runs at import time: :func:`load_config` is called by the
-CLI (or a test) and the result is passed down explicitly.
+Precedence, lowest first: the model's defaults (below), an optional ``--config FILE``,
+``ONCALL_*`` environment variables, explicit command-line overrides. The defaults live in the
+model only: ``platform/config/default.yaml`` is rendered from it (:func:`render_defaults_yaml`,
+``python -m pipelines.config``), and the CLI takes each option's help from :func:`field_doc`.
+Nothing here runs at import time: :func:`load_config` is called by the CLI (or a test) and the
+result is passed down explicitly.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import sys
+import textwrap
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic.fields import FieldInfo
+from pydantic_core import to_jsonable_python
 
+from pipelines.contract.columns import TEXT_COLUMNS
+from pipelines.contract.text import TextBuilder
 from pipelines.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -39,11 +48,6 @@ ENV_NOT_CONFIG = (
     "ONCALL_ROUTER_URL",
 )
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "platform" / "config"
-DEFAULT_CONFIG_FILE = CONFIG_DIR / "default.yaml"
-# The demo's overlay: a smaller model input and fewer epochs, so `make demo` fits in minutes.
-DEMO_CONFIG_FILE = CONFIG_DIR / "demo.yaml"
-
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -58,18 +62,18 @@ class DataConfig(_Section):
         default=["service", "title", "description", "cluster", "region", "source", "severity"],
         description="Ticket columns that make the model text, in this order.",
     )
-    max_field_chars: int = Field(default=160, ge=8, description="Cap on every field but description.")
+    max_field_chars: int = Field(
+        default=160, ge=8, description="Cap on every field but description (title, service, ...)."
+    )
     max_description_chars: int = Field(
         default=400, ge=16, description="Longer descriptions keep their head; the tail is cut."
     )
-    validation_days: int = Field(default=2, ge=1, description="Newest days before test: validation.")
-    test_days: int = Field(default=2, ge=1, description="Newest days of the window: test.")
+    validation_days: int = Field(default=2, ge=1, description="Newest days before the test days: validation.")
+    test_days: int = Field(default=2, ge=1, description="Newest days of the training window: test.")
 
     @field_validator("text_fields")
     @classmethod
     def _known_text_fields(cls, fields: list[str]) -> list[str]:
-        from pipelines.contract.columns import TEXT_COLUMNS
-
         unknown = [f for f in fields if f not in TEXT_COLUMNS]
         if unknown:
             raise ValueError(f"unknown ticket column(s) {unknown}; choose from {list(TEXT_COLUMNS)}")
@@ -79,61 +83,91 @@ class DataConfig(_Section):
             raise ValueError("lists a column twice")
         return fields
 
+    def text_builder(self) -> TextBuilder:
+        """The model text these settings describe (contract is a leaf: it knows no config)."""
+        return TextBuilder(
+            fields=tuple(self.text_fields),
+            max_field_chars=self.max_field_chars,
+            max_description_chars=self.max_description_chars,
+        )
+
 
 class LoraConfig(_Section):
-    r: int = Field(default=8, ge=1)
-    alpha: int = Field(default=16, ge=1)
-    dropout: float = Field(default=0.05, ge=0.0, lt=1.0)
+    r: int = Field(default=8, ge=1, description="Rank of the adapter matrices.")
+    alpha: int = Field(default=16, ge=1, description="Adapter scale numerator (scale = alpha / r).")
+    dropout: float = Field(default=0.05, ge=0.0, lt=1.0, description="Dropout on the adapters' input.")
     target_modules: list[str] = Field(
         default=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-        description="All linear projections of a Qwen3 block by default.",
+        description="Modules that get adapters: all linear projections of a Qwen3 block by default.",
     )
 
 
 class ModelConfig(_Section):
     base: str = Field(
         default="tiny",
-        description="A preset name ('tiny') or a local Qwen3 checkpoint directory.",
+        description="A preset name ('tiny', built by `oncall-router init-base`) or a local Qwen3 "
+        "checkpoint directory.",
     )
-    max_length: int = Field(default=128, ge=8, le=32768, description="Tokens per ticket.")
-    finetune: Literal["lora", "full"] = "lora"
-    lora: LoraConfig = LoraConfig()
+    max_length: int = Field(
+        default=128, ge=8, le=32768, description="Tokens per ticket; longer tickets are truncated."
+    )
+    finetune: Literal["lora", "full"] = Field(
+        default="lora", description="LoRA adapters (the head `score` is trained fully) or every weight."
+    )
+    lora: LoraConfig = Field(
+        default_factory=LoraConfig, description="Adapters (peft), when finetune is lora."
+    )
     tokenizer_vocab_size: int = Field(
         default=8000, ge=300, description="BPE vocabulary of the tiny preset's tokenizer."
     )
 
 
 class TrainConfig(_Section):
-    workers: int = Field(default=1, ge=1)
-    use_gpu: bool = False
-    cpus_per_worker: float = Field(default=1.0, gt=0)
-    epochs: int = Field(default=3, ge=1)
-    batch_size: int = Field(default=32, ge=1)
-    grad_accum_steps: int = Field(default=1, ge=1)
-    lr: float = Field(default=2e-3, gt=0)
-    weight_decay: float = Field(default=0.01, ge=0)
-    warmup_ratio: float = Field(default=0.06, ge=0, lt=1)
-    max_grad_norm: float = Field(default=1.0, gt=0)
-    class_weighting: Literal["none", "inverse_sqrt", "inverse"] = "inverse_sqrt"
-    checkpoints_to_keep: int = Field(default=2, ge=1)
-    max_failures: int = Field(default=1, ge=0)
-    seed: int = 0
+    workers: int = Field(default=1, ge=1, description="Ray Train workers.")
+    use_gpu: bool = Field(default=False, description="One GPU per Ray Train worker.")
+    cpus_per_worker: float = Field(default=1.0, gt=0, description="Logical CPUs per Ray Train worker.")
+    epochs: int = Field(default=3, ge=1, description="Training epochs.")
+    batch_size: int = Field(default=32, ge=1, description="Tickets per worker in one forward pass.")
+    grad_accum_steps: int = Field(
+        default=1, ge=1, description="Forward passes whose gradients make one optimizer step."
+    )
+    lr: float = Field(default=2e-3, gt=0, description="Peak learning rate (AdamW).")
+    weight_decay: float = Field(
+        default=0.01, ge=0, description="AdamW weight decay (not on biases and norms)."
+    )
+    warmup_ratio: float = Field(
+        default=0.06, ge=0, lt=1, description="Share of the steps with a linear warm-up, then cosine decay."
+    )
+    max_grad_norm: float = Field(default=1.0, gt=0, description="Gradients are clipped to this norm.")
+    class_weighting: Literal["none", "inverse_sqrt", "inverse"] = Field(
+        default="inverse_sqrt",
+        description="Loss weight of a tenant from its ticket count n: 1, 1/sqrt(n), 1/n.",
+    )
+    checkpoints_to_keep: int = Field(default=2, ge=1, description="Ray Train checkpoints kept per run.")
+    max_failures: int = Field(
+        default=1, ge=0, description="Worker failures a fit survives (it resumes from the last checkpoint)."
+    )
+    seed: int = Field(default=0, description="Seed of the new weights, the shuffling and the replay sample.")
 
 
 class EvaluateConfig(_Section):
     target_accuracy: float = Field(
         default=0.95, gt=0, le=1, description="Accuracy the abstain threshold must reach on routed tickets."
     )
-    top_k: int = Field(default=3, ge=1)
+    top_k: int = Field(
+        default=3, ge=1, description="k of the top-k accuracy; ranked tenants in rescored rows."
+    )
     confusion_tenants: int = Field(default=20, ge=2, description="Tenants shown in the confusion matrix.")
 
 
 class RegistryConfig(_Section):
     tracking_uri: str | None = Field(
-        default=None, description="MLflow URI; default sqlite:///<data_dir>/mlflow.db."
+        default=None,
+        description="MLflow tracking and registry URI; default sqlite:///<data_dir>/mlflow.db "
+        "(artifacts in <data_dir>/mlartifacts).",
     )
-    model_name: str = Field(default="oncall-router", min_length=1)
-    experiment: str = Field(default="train", min_length=1)
+    model_name: str = Field(default="oncall-router", min_length=1, description="Registered model name.")
+    experiment: str = Field(default="train", min_length=1, description="MLflow experiment of training runs.")
 
 
 class PromotionConfig(_Section):
@@ -152,19 +186,25 @@ class PromotionConfig(_Section):
 
 
 class ServeConfig(_Section):
-    host: str = "127.0.0.1"
-    port: int = Field(default=8000, ge=1, le=65535)
-    alias: str = "champion"
-    max_batch_size: int = Field(default=32, ge=1)
+    host: str = Field(default="127.0.0.1", description="Interface the routing endpoint listens on.")
+    port: int = Field(default=8000, ge=1, le=65535, description="HTTP port of the routing endpoint.")
+    alias: str = Field(default="champion", description="Registry alias the replicas serve and follow.")
+    max_batch_size: int = Field(default=32, ge=1, description="Tickets a model replica scores at once.")
     batch_wait_timeout_s: float = Field(
         default=0.002, ge=0, description="How long a lone request waits for company (benchmarks/RESULTS.md)."
     )
-    max_tickets_per_request: int = Field(default=256, ge=1)
+    max_tickets_per_request: int = Field(
+        default=256, ge=1, description="/v1/route/batch answers 413 above this."
+    )
     top_k: int = Field(default=3, ge=1, description="Ranked tenants in each answer.")
-    min_replicas: int = Field(default=1, ge=0)
-    max_replicas: int = Field(default=2, ge=1)
-    target_ongoing_requests: int = Field(default=16, ge=1)
-    alias_poll_interval_s: float = Field(default=10.0, gt=0)
+    min_replicas: int = Field(default=1, ge=0, description="Fewest model replicas (autoscaling).")
+    max_replicas: int = Field(default=2, ge=1, description="Most model (and ingress) replicas.")
+    target_ongoing_requests: int = Field(
+        default=16, ge=1, description="Requests in flight per model replica that autoscaling aims at."
+    )
+    alias_poll_interval_s: float = Field(
+        default=10.0, gt=0, description="Seconds between a replica's checks of the alias (hot swap)."
+    )
     replica_cpus: float = Field(default=1.0, gt=0, description="Logical CPUs per model replica.")
     replica_gpus: float = Field(default=0.0, ge=0, description="GPUs per model replica (0: CPU).")
     throughput_optimized: bool = Field(
@@ -172,40 +212,64 @@ class ServeConfig(_Section):
         description="A local Ray started to serve gets RAY_SERVE_THROUGHPUT_OPTIMIZED=1 (direct "
         "ingress, gRPC between deployments); on a cluster, set it in the nodes' environment.",
     )
-    auth_tokens: list[str] = Field(default_factory=list, description="Empty: no auth.")
+    auth_tokens: list[str] = Field(
+        default_factory=list,
+        description="Bearer tokens the endpoint accepts (comma-separated in the environment); empty: no auth.",
+    )
     feedback_db_url: str | None = Field(
         default=None, description="SQLAlchemy URL; default sqlite:///<data_dir>/feedback.db."
     )
 
 
 class RescoreConfig(_Section):
-    out: str | None = Field(default=None, description="Default <data_dir>/scored.")
-    batch_size: int = Field(default=256, ge=1)
-    actors: int = Field(default=2, ge=1)
-    cpus_per_actor: float = Field(default=0.5, gt=0)
-    misroute_confidence: float = Field(default=0.8, ge=0, le=1)
-    on_bad_file: Literal["fail", "skip"] = "fail"
+    out: str | None = Field(
+        default=None, description="Output root of scored tables; default <data_dir>/scored."
+    )
+    batch_size: int = Field(default=256, ge=1, description="Tickets per scoring batch.")
+    actors: int = Field(default=2, ge=1, description="Scoring actors (at most one per GPU on GPUs).")
+    cpus_per_actor: float = Field(default=0.5, gt=0, description="Logical CPUs per scoring actor.")
+    misroute_confidence: float = Field(
+        default=0.8,
+        ge=0,
+        le=1,
+        description="A resolved ticket predicted for another tenant above this confidence is a misroute.",
+    )
+    on_bad_file: Literal["fail", "skip"] = Field(
+        default="fail",
+        description="fail: name a bad Parquet file and stop; skip: score the rest and list it.",
+    )
 
 
 class NightlyConfig(_Section):
-    cron: str = "0 2 * * *"
-    replay_size: int = Field(default=20000, ge=0)
-    rescore_days: int = Field(default=7, ge=0)
+    cron: str = Field(default="0 2 * * *", description="When `schedule` runs the nightly (cron, UTC).")
+    replay_size: int = Field(default=20000, ge=0, description="Older tickets replayed next to the new days.")
+    rescore_days: int = Field(default=7, ge=0, description="Newest days rescored by the champion (0: none).")
 
 
 class OncallConfig(_Section):
     data_dir: Path = Field(
-        default=Path(".oncall"), validate_default=True, description="Every embedded store lives here."
+        default=Path(".oncall"),
+        validate_default=True,
+        description="Directory of every embedded store: mlflow.db, mlartifacts/, ray/, feedback.db, "
+        "bases/, archive/.",
     )
-    data: DataConfig = DataConfig()
-    model: ModelConfig = ModelConfig()
-    train: TrainConfig = TrainConfig()
-    evaluate: EvaluateConfig = EvaluateConfig()
-    registry: RegistryConfig = RegistryConfig()
-    promotion: PromotionConfig = PromotionConfig()
-    serve: ServeConfig = ServeConfig()
-    rescore: RescoreConfig = RescoreConfig()
-    nightly: NightlyConfig = NightlyConfig()
+    data: DataConfig = Field(default_factory=DataConfig, description="The ticket archive and the model text.")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="The base model and how it is tuned.")
+    train: TrainConfig = Field(
+        default_factory=TrainConfig, description="Training: Ray Train workers, optimizer, checkpoints."
+    )
+    evaluate: EvaluateConfig = Field(
+        default_factory=EvaluateConfig, description="Evaluation of a trained classifier."
+    )
+    registry: RegistryConfig = Field(
+        default_factory=RegistryConfig, description="MLflow tracking and registry."
+    )
+    promotion: PromotionConfig = Field(
+        default_factory=PromotionConfig, description="The gate that moves alias `champion` to a challenger."
+    )
+    serve: ServeConfig = Field(default_factory=ServeConfig, description="The Ray Serve routing endpoint.")
+    rescore: RescoreConfig = Field(default_factory=RescoreConfig, description="Bulk scoring of archives.")
+    nightly: NightlyConfig = Field(default_factory=NightlyConfig, description="The online-learning loop.")
 
     @field_validator("data_dir")
     @classmethod
@@ -248,18 +312,15 @@ def load_config(
     *config_files: Path,
     environ: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
-    default_file: Path = DEFAULT_CONFIG_FILE,
 ) -> OncallConfig:
-    """Merge defaults, YAML files (later ones win), environment and explicit overrides into one
-    validated tree.
+    """Merge the model's defaults, YAML files (later ones win), environment and explicit
+    overrides into one validated tree.
 
     ``overrides`` uses dotted keys (``{"train.epochs": 2, "data_dir": "/x"}``); ``None`` values
     are ignored so CLI options that were not given do not override anything.
     """
     environ = os.environ if environ is None else environ
     merged: dict[str, Any] = {}
-    if default_file.is_file():
-        _deep_merge(merged, _read_yaml(default_file))
     for config_file in config_files:
         if not config_file.is_file():
             raise ConfigError(f"config file {config_file} does not exist")
@@ -350,3 +411,109 @@ def _describe_validation_error(exc: ValidationError) -> str:
         else:
             lines.append(f"  {key}: {error['msg']} (got {error.get('input')!r})")
     return "\n".join(lines)
+
+
+# --- The documentation of every key: CLI help and default.yaml come from here. -------------------
+
+YAML_WIDTH = 100
+_YAML_HEADER = """\
+# oncall-router: the default configuration (the embedded default: one machine, nothing to install).
+# Rendered from the model in pipelines/config.py, where the defaults live; a test keeps this file
+# equal to `python -m pipelines.config`. Loading it changes nothing: copy the keys you change into
+# your own file and pass it with `--config FILE` (or $ONCALL_CONFIG).
+#
+# Precedence, lowest first: these defaults, `--config FILE`, environment variables
+# ONCALL_<SECTION>__<KEY> (values parsed as YAML, e.g. ONCALL_TRAIN__EPOCHS=5,
+# ONCALL_DATA__TEXT_FIELDS='[title, service]'), then command-line options. A few keys have a
+# short environment name as well, given at the key.
+# An unknown key or a wrong type is an error that names the key.
+"""
+
+
+@dataclass(frozen=True)
+class FieldDoc:
+    """A config key as the CLI and default.yaml document it."""
+
+    key: str
+    description: str
+    default: Any  # JSON-able: a Path becomes a string
+    choices: tuple[str, ...] = ()
+    env: str | None = None  # the short environment name, where there is one
+
+    @property
+    def default_text(self) -> str:
+        return yaml_scalar(self.default)
+
+
+def field_doc(key: str) -> FieldDoc:
+    """The documentation of a dotted key such as ``train.epochs``; a KeyError names an unknown one."""
+    model: type[BaseModel] = OncallConfig
+    *sections, name = key.split(".")
+    try:
+        for section in sections:
+            found = _section_model(model.model_fields[section])
+            if found is None:
+                raise KeyError(key)
+            model = found
+        field = model.model_fields[name]
+    except KeyError:
+        raise KeyError(f"no config key {key!r}") from None
+    return _field_doc(key, field)
+
+
+def render_defaults_yaml() -> str:
+    """``platform/config/default.yaml``: every key with its default, its description above it."""
+    lines = _YAML_HEADER.splitlines()
+    _render_fields(OncallConfig, "", lines)
+    return "\n".join(lines) + "\n"
+
+
+def yaml_scalar(value: Any) -> str:
+    """One value as YAML on one line (``[a, b]``, ``null``, ``0.002``)."""
+    return yaml.safe_dump(value, default_flow_style=True, width=sys.maxsize).removesuffix("...\n").strip()
+
+
+def _render_fields(model: type[BaseModel], prefix: str, lines: list[str]) -> None:
+    indent = "  " * prefix.count(".")
+    for name, field in model.model_fields.items():
+        section = _section_model(field)
+        doc = _field_doc(prefix + name, field)
+        if not prefix:
+            lines.append("")
+        comment = " ".join(filter(None, (doc.description, _choices_note(doc), _env_note(doc))))
+        lines.extend(f"{indent}# {line}" for line in textwrap.wrap(comment, YAML_WIDTH - len(indent) - 2))
+        if section is None:
+            lines.append(f"{indent}{name}: {doc.default_text}")
+        else:
+            lines.append(f"{indent}{name}:")
+            _render_fields(section, f"{prefix}{name}.", lines)
+
+
+def _field_doc(key: str, field: FieldInfo) -> FieldDoc:
+    literal = get_origin(field.annotation) is Literal
+    env = next((name for name, path in ENV_ALIASES.items() if ".".join(path) == key), None)
+    default = None if _section_model(field) else field.get_default(call_default_factory=True)
+    return FieldDoc(
+        key=key,
+        description=field.description or "",
+        default=to_jsonable_python(default),
+        choices=get_args(field.annotation) if literal else (),
+        env=env,
+    )
+
+
+def _choices_note(doc: FieldDoc) -> str:
+    return f"One of: {', '.join(doc.choices)}." if doc.choices else ""
+
+
+def _env_note(doc: FieldDoc) -> str:
+    return f"Environment: {doc.env}." if doc.env else ""
+
+
+def _section_model(field: FieldInfo) -> type[_Section] | None:
+    annotation = field.annotation
+    return annotation if isinstance(annotation, type) and issubclass(annotation, _Section) else None
+
+
+if __name__ == "__main__":  # python -m pipelines.config > platform/config/default.yaml
+    sys.stdout.write(render_defaults_yaml())

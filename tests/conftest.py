@@ -28,12 +28,16 @@ SMALL_SPEC = SampleSpec(
 )
 
 
+TESTS = Path(__file__).resolve().parent
+SUITES = ("unit", "integration", "model")  # tests/<suite>/…: the marker `make unit` etc. select
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark tests by folder so `make unit` / `make integration` can select them."""
+    """Mark tests by their suite folder (the first folder under tests/, at any depth below it)."""
     for item in items:
-        folder = Path(str(item.fspath)).parent.name
-        if folder in ("unit", "integration"):
-            item.add_marker(getattr(pytest.mark, folder))
+        suite = Path(str(item.fspath)).resolve().relative_to(TESTS).parts[0]
+        if suite in SUITES:
+            item.add_marker(getattr(pytest.mark, suite))
 
 
 @pytest.fixture(scope="session")
@@ -45,7 +49,7 @@ def small_archive(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]
 
 @pytest.fixture(scope="session")
 def text_builder() -> TextBuilder:
-    return TextBuilder.from_config(DataConfig())
+    return DataConfig().text_builder()
 
 
 @pytest.fixture(scope="session")
@@ -65,7 +69,7 @@ def ray_cluster() -> Iterator[None]:
     import ray
 
     from pipelines.config import ServeConfig
-    from pipelines.jobs.ray_runtime import MIN_LOCAL_LOGICAL_CPUS, serve_environment
+    from pipelines.ray_runtime import MIN_LOCAL_LOGICAL_CPUS, serve_environment
 
     # Serve in the shipped mode (what `oncall-router serve` starts a local Ray with); tests
     # restart Serve often, and no load balancer needs direct ingress's 30 s draining here.

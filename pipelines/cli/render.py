@@ -1,21 +1,102 @@
-"""How the CLI shows results: rich tables on the console."""
+"""How the CLI shows results: rich tables on the console; reasons and problems as whole lines
+(not wrapped in a table) so they can be read and grepped."""
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
 
 from pipelines.config import OncallConfig
 
+if TYPE_CHECKING:  # result types only: their modules import Ray and torch
+    from pipelines.cli.demo import DemoResult
+    from pipelines.contract.archive import ArchiveReport
+    from pipelines.evaluation.metrics import Evaluation
+    from pipelines.inference.summary import RescoreSummary
+    from pipelines.jobs.nightly import NightlySummary
+    from pipelines.registry.promotion import Decision
+    from pipelines.training.job import TrainResult
+
 # soft_wrap: long paths and messages stay on one line (greppable, copy-pasteable).
 console = Console(soft_wrap=True)
 
 
-def _print_decision(config: OncallConfig, decision: Any) -> None:
-    """Reasons as whole lines (not wrapped in a table) so they can be read and grepped."""
+def print_validation(report: ArchiveReport) -> None:
+    table = Table(title=f"archive {report.archive}", show_header=False)
+    for label, value in (
+        ("days", report.days),
+        ("files", report.files),
+        ("rows", report.rows),
+        ("valid rows", report.valid_rows),
+        ("unresolved (no tenant)", report.unresolved_rows),
+        ("tenants", len(report.tenants)),
+        *((f"rejected: {reason}", count) for reason, count in sorted(report.rejected.items())),
+    ):
+        table.add_row(label, str(value))
+    console.print(table)
+    for problem in report.problems:
+        console.print(f"schema problem: {problem}", markup=False, style="red")
+
+
+def print_evaluation(run_id: str, evaluation: Evaluation, details: dict[str, Any]) -> None:
+    table = Table(title=f"evaluation of run {run_id}", show_header=False)
+    table.add_row("archive", str(details["archive"]))
+    table.add_row("days", ", ".join(str(day) for day in details["days"]))
+    table.add_row("rows of tenants the model cannot know", str(details["unseen_tenant_rows"]))
+    _add_metric_rows(table, evaluation.metrics)
+    console.print(table)
+    worst = evaluation.per_tenant[evaluation.per_tenant["support"] >= 5].nsmallest(5, "f1")
+    if not worst.empty:
+        console.print(
+            "lowest F1 (support >= 5): " + ", ".join(f"{r.tenant} {r.f1:.2f}" for r in worst.itertuples())
+        )
+
+
+def print_serving(config: OncallConfig, url: str, ready: bool) -> None:
+    console.print(f"routing endpoint: {url}  (API docs: {url}/docs)", markup=False)
+    console.print(f"serving models:/{config.registry.model_name}@{config.serve.alias}", markup=False)
+    if not ready:
+        console.print(
+            f"warning: no version has alias '{config.serve.alias}' yet; /readyz answers 503 and "
+            f"replicas load one within {config.serve.alias_poll_interval_s:g} s of its promotion",
+            markup=False,
+        )
+    if config.serve.auth_tokens:
+        console.print("auth: on (Authorization: Bearer <token>)")
+    console.print("Ctrl-C stops it.")
+
+
+def print_next_fires(fires: list[tuple[dt.datetime, dt.date]]) -> None:
+    """Upcoming (fire time, nightly date) pairs of the schedule."""
+    for fire, date in fires:
+        console.print(f"next fire: {fire:%Y-%m-%d %H:%M} UTC → nightly for {date}", markup=False)
+
+
+def print_schedule_state(done: dt.date | None, due: dt.date | None) -> None:
+    console.print(f"last successful nightly: {done or 'none'}", markup=False)
+    if due is not None:
+        console.print(f"missed or pending: nightly for {due} runs now", markup=False)
+
+
+def print_demo(config: OncallConfig, result: DemoResult) -> None:
+    print_manifest(result.archive, result.manifest)
+    console.print(f"tiny base: {result.base}")
+    if result.training is not None:
+        print_training(config, result.training)
+        print_decision(config, result.decision)
+    else:
+        console.print(f"first champion: version {result.first_champion} (reused from an earlier run)")
+    print_nightly(result.nightly)
+    _print_shown(result)
+    print_rescore(result.rescore)
+    _print_demo_summary(config, result)
+
+
+def print_decision(config: OncallConfig, decision: Decision) -> None:
     verdict = "PROMOTED to champion" if decision.promoted else "REJECTED (stays registered, never serves)"
     console.print(f"{config.registry.model_name} version {decision.version}: {verdict}", markup=False)
     console.print(f"  champion before: {decision.champion or 'none'}", markup=False)
@@ -31,7 +112,7 @@ def _print_decision(config: OncallConfig, decision: Any) -> None:
         console.print(f"  {name}: {value:.4f}", markup=False)
 
 
-def _print_training(config: OncallConfig, result: Any) -> None:
+def print_training(config: OncallConfig, result: TrainResult) -> None:
     split = result.split
     table = Table(title=f"MLflow run {result.run_id}", show_header=False)
     table.add_row("tracking URI", config.tracking_uri)
@@ -57,7 +138,7 @@ def _add_metric_rows(table: Table, metrics: dict[str, float]) -> None:
         table.add_row(name, f"{value:.4f}" if isinstance(value, float) and abs(value) < 10 else f"{value:g}")
 
 
-def _print_rescore(summary: Any) -> None:
+def print_rescore(summary: RescoreSummary) -> None:
     """Totals and per-day counts as tables; skipped files and top misroutes as whole lines."""
     table = Table(
         title=f"rescore with {summary.model_name} version {summary.model_version}", show_header=False
@@ -96,7 +177,7 @@ def _print_rescore(summary: Any) -> None:
         console.print(f"top misroute: {move} ({count})", markup=False)
 
 
-def _print_nightly(summary: Any) -> None:
+def print_nightly(summary: NightlySummary) -> None:
     from pipelines.jobs.nightly import describe
 
     table = Table(title=f"nightly {summary.date}", show_header=False)
@@ -107,7 +188,7 @@ def _print_nightly(summary: Any) -> None:
         console.print(f"  gate reason: {reason}", markup=False)
 
 
-def _print_shown(result: Any) -> None:
+def _print_shown(result: DemoResult) -> None:
     before, after = result.shown[0].before["model"]["version"], result.shown[0].after["model"]["version"]
     table = Table(
         title=f"held-out tickets routed by {result.endpoint}/v1/route/batch, before and after nightly"
@@ -131,7 +212,7 @@ def _answer(answer: dict[str, Any], owner: str) -> str:
     return f"{mark} {answer['tenant']} ({answer['confidence']:.2f}{abstain})"
 
 
-def _print_demo_summary(config: OncallConfig, result: Any) -> None:
+def _print_demo_summary(config: OncallConfig, result: DemoResult) -> None:
     right = {
         "before": sum(item.before["tenant"] == item.owner for item in result.shown),
         "after": sum(item.after["tenant"] == item.owner for item in result.shown),
@@ -161,7 +242,7 @@ def _print_demo_summary(config: OncallConfig, result: Any) -> None:
     )
 
 
-def _print_manifest_summary(archive: Path, manifest: dict[str, Any]) -> None:
+def print_manifest(archive: Path, manifest: dict[str, Any]) -> None:
     table = Table(title=f"sample archive {archive}", show_header=False)
     table.add_row("days", f"{len(manifest['tickets_per_day'])} ({manifest['start']} … {manifest['end']})")
     table.add_row("tickets", f"{manifest['tickets']:,}")

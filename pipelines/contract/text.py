@@ -5,13 +5,9 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pandas as pd
-
-if TYPE_CHECKING:
-    from pipelines.config import DataConfig
-
 
 _WHITESPACE = re.compile(r"\s+")
 
@@ -27,14 +23,6 @@ class TextBuilder:
     fields: tuple[str, ...]
     max_field_chars: int
     max_description_chars: int
-
-    @classmethod
-    def from_config(cls, data: DataConfig) -> TextBuilder:
-        return cls(
-            fields=tuple(data.text_fields),
-            max_field_chars=data.max_field_chars,
-            max_description_chars=data.max_description_chars,
-        )
 
     def settings(self) -> dict[str, Any]:
         """JSON-able settings, stored with a classifier so every path builds the same text."""

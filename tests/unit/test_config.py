@@ -1,11 +1,20 @@
 from __future__ import annotations
 
+import shutil
+import subprocess
+import sys
+import zipfile
 from pathlib import Path
 
 import pytest
+import yaml
+from pydantic import BaseModel
 
-from pipelines.config import DEFAULT_CONFIG_FILE, DEMO_CONFIG_FILE, OncallConfig, load_config
+from pipelines.config import FieldDoc, OncallConfig, field_doc, load_config, render_defaults_yaml
 from pipelines.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[2]
+DEFAULT_YAML = REPO / "platform" / "config" / "default.yaml"
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -14,9 +23,85 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
-def test_default_file_documents_exactly_the_model_defaults() -> None:
-    assert DEFAULT_CONFIG_FILE.is_file()
+def leaf_keys(model: type[BaseModel] = OncallConfig, prefix: str = "") -> list[str]:
+    keys = []
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            keys += leaf_keys(annotation, f"{prefix}{name}.")
+        else:
+            keys.append(prefix + name)
+    return keys
+
+
+def test_the_defaults_come_from_the_model_without_any_file() -> None:
     assert load_config(environ={}) == OncallConfig()
+
+
+def test_committed_default_yaml_is_the_rendering_of_the_model() -> None:
+    assert DEFAULT_YAML.read_text(encoding="utf-8") == render_defaults_yaml(), (
+        "platform/config/default.yaml is stale: run "
+        "`.venv/bin/python -m pipelines.config > platform/config/default.yaml`"
+    )
+
+
+def test_rendered_defaults_load_back_to_the_model_and_document_every_key(tmp_path: Path) -> None:
+    rendered = render_defaults_yaml()
+    assert load_config(write(tmp_path, rendered), environ={}) == OncallConfig()
+    assert OncallConfig.model_validate(yaml.safe_load(rendered)) == OncallConfig()
+    keys = leaf_keys()
+    assert len(keys) > 50 and "model.lora.r" in keys
+    undocumented = [key for key in keys if not field_doc(key).description]
+    assert not undocumented, f"config keys without a Field(description=...): {undocumented}"
+    for key in keys:  # each description is written above its key
+        assert f"# {field_doc(key).description.split()[0]}" in rendered, key
+
+
+def test_field_doc_names_default_choices_and_short_environment_name() -> None:
+    assert field_doc("train.epochs") == FieldDoc("train.epochs", "Training epochs.", 3)
+    assert field_doc("rescore.on_bad_file").choices == ("fail", "skip")
+    assert field_doc("data_dir").default_text == ".oncall" and field_doc("data_dir").env == "ONCALL_DATA_DIR"
+    assert field_doc("data.text_fields").default_text.startswith("[service, title")
+    for unknown in ("train.epochz", "train.epochs.x", "nope"):
+        with pytest.raises(KeyError, match="no config key"):
+            field_doc(unknown)
+
+
+def test_an_installed_wheel_loads_the_default_and_the_demo_config(tmp_path: Path) -> None:
+    """Built from a copy of the sources (the checkout stays untouched), unpacked, and imported in
+    a process whose working directory and path hold no checkout."""
+    source = tmp_path / "source"
+    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
+    for name in ("pipelines", "serve"):
+        shutil.copytree(REPO / name, source / name, ignore=ignore)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source / name)
+    pip_wheel = ["pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "--no-cache-dir"]
+    built = subprocess.run(
+        [sys.executable, "-m", *pip_wheel, str(source), "-w", str(tmp_path / "dist")],
+        capture_output=True,
+        text=True,
+    )
+    assert built.returncode == 0, built.stderr
+    (wheel,) = (tmp_path / "dist").glob("oncall_router-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        assert "pipelines/cli/demo.yaml" in archive.namelist()
+        archive.extractall(tmp_path / "site")
+    check = (
+        "import pipelines, sys; from pipelines.config import OncallConfig, load_config; "
+        "from pipelines.cli import DEMO_OVERLAY; "
+        f"assert pipelines.__file__.startswith({str(tmp_path / 'site')!r}), pipelines.__file__; "
+        "assert load_config(environ={}) == OncallConfig(); "
+        "assert load_config(DEMO_OVERLAY, environ={}).train.epochs == 2; print('ok')"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", check],
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(tmp_path / "site"), "PATH": ""},
+        capture_output=True,
+        text=True,
+    )
+    assert done.stdout.strip() == "ok", done.stderr
 
 
 def test_embedded_stores_live_under_data_dir(tmp_path: Path) -> None:
@@ -106,12 +191,12 @@ def test_unreadable_files_are_named(tmp_path: Path) -> None:
     assert load_config(write(tmp_path, ""), environ={}) == OncallConfig()
 
 
-def test_later_files_win_and_the_demo_overlay_is_valid(tmp_path: Path) -> None:
-    demo = load_config(DEMO_CONFIG_FILE, environ={})
-    assert demo.train.epochs == 2 and demo.model.max_length == 64
-    assert demo.train.lr == OncallConfig().train.lr  # only what the overlay names changes
-    user = load_config(DEMO_CONFIG_FILE, write(tmp_path, "train:\n  epochs: 4\n"), environ={})
-    assert user.train.epochs == 4 and user.model.max_length == 64
+def test_later_files_win(tmp_path: Path) -> None:
+    first, second = tmp_path / "first.yaml", tmp_path / "second.yaml"
+    first.write_text("train:\n  epochs: 2\nmodel:\n  max_length: 64\n")
+    second.write_text("train:\n  epochs: 4\n")
+    config = load_config(first, second, environ={})
+    assert config.train.epochs == 4 and config.model.max_length == 64
 
 
 def test_relative_data_dir_becomes_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -40,7 +40,7 @@ def test_long_description_keeps_its_head_and_other_fields_are_capped() -> None:
 
 
 def test_frame_and_rows_give_the_same_texts_and_missing_columns_are_tolerated() -> None:
-    builder = TextBuilder.from_config(DataConfig())
+    builder = DataConfig().text_builder()
     frame = pd.DataFrame([TICKET, {"title": "only a title", "service": None}])
     texts = builder.build_many(frame)
     assert texts == [builder.build(TICKET), "title: only a title"]

@@ -13,6 +13,11 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import typer.main
+
+from pipelines.cli import DEMO_OVERLAY, app
+from pipelines.cli.options import option_help
+from pipelines.config import OncallConfig, field_doc, load_config
 
 CLI = [sys.executable, "-c", "from pipelines.cli import main; main()"]
 
@@ -115,3 +120,36 @@ def test_schedule_with_an_invalid_cron_is_one_line_before_anything_heavy(tmp_pat
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "nightly.cron" in errors[0] and "'not a cron'" in errors[0], done.stderr
     assert "Traceback" not in done.stderr and "next fire" not in done.stdout
+
+
+def config_options() -> dict[tuple[str, str], tuple[str, object]]:
+    """(command, option name) → (help, default) of every option whose help names a config key."""
+    group = typer.main.get_command(app)
+    commands = {"": group, **group.commands}  # "": the global options
+    return {
+        (name, param.name): (param.help, param.default)
+        for name, command in commands.items()
+        for param in command.params
+        if "[config " in (getattr(param, "help", None) or "")
+    }
+
+
+def test_config_options_take_help_and_default_from_the_field() -> None:
+    options = config_options()
+    assert {("train", "epochs"), ("serve", "port"), ("schedule", "cron"), ("", "data_dir")} <= set(options)
+    assert options["train", "epochs"][0] == "Training epochs. [config train.epochs; default 3]"
+    for (command, name), (help_text, default) in options.items():
+        key = re.search(r"\[config ([\w.]+)", help_text).group(1)
+        assert help_text.startswith(field_doc(key).description + " [config "), (command, name)
+        assert help_text == option_help(key), (command, name)
+        assert default is None, f"{command} --{name}: None lets the config decide"
+
+
+def test_the_demo_overlay_changes_only_what_it_names(tmp_path: Path) -> None:
+    demo = load_config(DEMO_OVERLAY, environ={})
+    assert demo.train.epochs == 2 and demo.model.max_length == 64
+    assert demo.train.lr == OncallConfig().train.lr  # only what the overlay names changes
+    user_file = tmp_path / "user.yaml"
+    user_file.write_text("train:\n  epochs: 4\n")
+    user = load_config(DEMO_OVERLAY, user_file, environ={})
+    assert user.train.epochs == 4 and user.model.max_length == 64  # the user's file wins
