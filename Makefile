@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: venv demo test unit integration lint format strip-notebooks bench clean
+.PHONY: venv demo test unit integration model lint format strip-notebooks bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,9 @@ unit: $(STAMP)
 
 integration: $(STAMP)
 	$(BIN)/pytest -m integration $(PYTEST_ARGS)
+
+model: $(STAMP)
+	$(BIN)/pytest -m model $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

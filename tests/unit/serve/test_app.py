@@ -17,7 +17,7 @@ from serve.app import INGRESS_DEPLOYMENT, MODEL_DEPLOYMENT, build_app
 from serve.contract import FeedbackIn, TicketIn
 from serve.router_model import ReplicaSettings
 
-SERVE_CONFIG = Path(__file__).parents[2] / "platform" / "serve" / "serve_config.yaml"
+SERVE_CONFIG = Path(__file__).parents[3] / "platform" / "serve" / "serve_config.yaml"
 
 
 def test_serve_config_file_is_valid_and_names_our_builder_and_deployments(tmp_path: Path) -> None:

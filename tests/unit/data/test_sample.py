@@ -9,7 +9,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.contract.archive import check_archive, list_partitions
+from pipelines.contract.archive import Archive
 from pipelines.data.sample.generator import MANIFEST_NAME, SampleSpec, generate_archive
 from pipelines.errors import ArchiveError
 from tests.conftest import SMALL_SPEC
@@ -19,7 +19,7 @@ CJK = re.compile(r"[\u4e00-\u9fff]")
 
 def read_all(archive: Path) -> pd.DataFrame:
     frames = []
-    for partition in list_partitions(str(archive)):
+    for partition in Archive(str(archive)).partitions():
         for path in partition.files:
             frames.append(pq.read_table(path).to_pandas().assign(day=partition.day))
     return pd.concat(frames, ignore_index=True)
@@ -32,7 +32,7 @@ def tickets(small_archive: tuple[Path, dict]) -> pd.DataFrame:
 
 def test_layout_counts_and_contract(small_archive: tuple[Path, dict], tickets: pd.DataFrame) -> None:
     archive, manifest = small_archive
-    partitions, problems = check_archive(str(archive))
+    partitions, problems = Archive(str(archive)).check()
     assert problems == []
     assert len(partitions) == SMALL_SPEC.days
     assert tickets.groupby("day").size().tolist() == [SMALL_SPEC.tickets_per_day] * SMALL_SPEC.days
@@ -99,7 +99,7 @@ def test_refuses_to_overwrite_other_data(tmp_path: Path) -> None:
     with pytest.raises(ArchiveError, match="--overwrite"):
         generate_archive(spec, tmp_path / "archive")
     generate_archive(dataclasses.replace(spec, days=1), tmp_path / "archive", overwrite=True)
-    assert len(list_partitions(str(tmp_path / "archive"))) == 1  # the older day was replaced
+    assert len(Archive(str(tmp_path / "archive")).partitions()) == 1  # the older day was replaced
     (tmp_path / "archive" / "keep.txt").write_text("not ours")
     with pytest.raises(ArchiveError, match="not empty"):
         generate_archive(spec, tmp_path / "archive", overwrite=True)

@@ -56,4 +56,4 @@ def test_small_tenants_are_not_judged() -> None:
     loose = PromotionConfig(top1_tolerance=0.1, recall_drop=0.1, min_support=5, first_version_margin=0.2)
     decision = decide(truth, challenger, champion, KNOWN, KNOWN, loose, "4")
     assert decision.promoted and decision.regressions == []
-    assert set(decision.as_tags()) >= {"gate.decision", "gate.reasons", "gate.regressions"}
+    assert set(decision.record().as_tags()) >= {"gate.decision", "gate.reasons", "gate.regressions"}

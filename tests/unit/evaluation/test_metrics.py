@@ -1,12 +1,11 @@
-from __future__ import annotations
+"""Pure scores: top-k, macro-F1, per-tenant report, calibration, abstain threshold."""
 
-from pathlib import Path
+from __future__ import annotations
 
 import numpy as np
 import pytest
 
 from pipelines.evaluation.metrics import evaluate_scores
-from pipelines.evaluation.report import write_report
 from pipelines.model.artifact import LabelSet
 
 LABELS = LabelSet(("10197", "20001", "30002"))
@@ -57,20 +56,6 @@ def test_calibration_error_of_a_perfectly_calibrated_model_is_zero() -> None:
     assert evaluation.metrics["ece"] == pytest.approx(0.0)
     overconfident = evaluate_scores(probabilities, np.array([0] * 5 + [1] * 5), LABELS, target_accuracy=0.9)
     assert overconfident.metrics["ece"] == pytest.approx(0.5)
-
-
-def test_report_files(tmp_path: Path) -> None:
-    written = write_report(evaluate_scores(*scores(), LABELS, target_accuracy=0.9), tmp_path)
-    names = {path.name for path in written}
-    assert names == {
-        "per_tenant.csv",
-        "coverage.csv",
-        "confusion_matrix.png",
-        "reliability.png",
-        "coverage.png",
-    }
-    assert all(path.stat().st_size > 0 for path in written)
-    assert (tmp_path / "confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_empty_evaluation_is_refused() -> None:

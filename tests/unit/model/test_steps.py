@@ -1,26 +1,14 @@
+"""Training steps: class weights, schedule, optimizer groups, gradient accumulation."""
+
 from __future__ import annotations
 
-import datetime as dt
 import itertools
 
-import numpy as np
 import pytest
 import torch
 
 from pipelines.config import TrainConfig
-from pipelines.data.window import TimeSplit
-from pipelines.errors import ArchiveError, ModelError
-from pipelines.model import batching
 from pipelines.model import steps as training_steps
-from pipelines.model.artifact import LabelSet
-
-
-def test_dynamic_padding_pads_to_the_longest_of_the_batch() -> None:
-    batch = batching.pad_batch(
-        [np.array([5, 6, 7], dtype=np.int32), np.array([8], dtype=np.int32)], pad_token_id=0
-    )
-    assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
-    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
 
 
 def test_class_weights_favour_rare_tenants() -> None:
@@ -75,23 +63,3 @@ def test_accumulated_micro_batches_equal_one_big_batch() -> None:
         half = {"input_ids": x[part], "attention_mask": x[part], "labels": y[part]}
         training_steps.training_step(wrapped, half, weights=None, loss_scale=0.5, autocast_dtype=None)
     torch.testing.assert_close(model.weight.grad, expected)
-
-
-def test_time_split_keeps_the_future_out_of_training() -> None:
-    days = [dt.date(2026, 10, d) for d in (5, 1, 3, 2, 4, 6)]
-    split = TimeSplit.from_days(days, validation_days=2, test_days=1)
-    assert split.train == (dt.date(2026, 10, 1), dt.date(2026, 10, 2), dt.date(2026, 10, 3))
-    assert split.validation == (dt.date(2026, 10, 4), dt.date(2026, 10, 5))
-    assert split.test == (dt.date(2026, 10, 6),)
-    assert max(split.train) < min(split.validation) and max(split.validation) < min(split.test)
-    with pytest.raises(ArchiveError, match="holds 3 day"):
-        TimeSplit.from_days(days[:3], validation_days=2, test_days=1)
-
-
-def test_label_ids_are_stable_when_tenants_are_added() -> None:
-    labels = LabelSet.from_tenants(["30002", "10197", "10197"])
-    assert labels.tenants == ("10197", "30002")
-    grown = labels.extended(["20001", "10197"])
-    assert grown.tenants == ("10197", "30002", "20001")  # old ids unchanged, new appended
-    with pytest.raises(ModelError, match="twice"):
-        LabelSet(("1", "1"))

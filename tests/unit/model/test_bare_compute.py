@@ -16,7 +16,7 @@ from pathlib import Path
 from benchmarks import gpu
 from pipelines.config import ModelConfig, TrainConfig
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 MARKER = "BARE-COMPUTE-OK"
 
 # The path finder is wrapped rather than a finder put in front that raises: probes such as
