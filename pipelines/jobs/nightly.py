@@ -25,17 +25,18 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pandas as pd
-from mlflow.entities import Run
 
 from pipelines.config import OncallConfig
-from pipelines.contract.archive import list_partitions
+from pipelines.contract.archive import Archive
+from pipelines.contract.days import DayWindow
 from pipelines.data.feedback import FeedbackStore
 from pipelines.errors import OncallError
+from pipelines.faults import Faults
 from pipelines.inference.rescore import RescoreRequest, rescore
-from pipelines.jobs.ray_runtime import ray_session
+from pipelines.ray_runtime import ray_session
 from pipelines.registry.promotion import promote
-from pipelines.registry.tracking import ensure_experiment, tracking_client
-from pipelines.registry.versions import CHAMPION, PREVIOUS, Registry, VersionRef
+from pipelines.registry.tracking import RunLog, RunRecord, Tracker
+from pipelines.registry.versions import CHAMPION, Registry, VersionRef
 from pipelines.training.job import TrainRequest, resolve_base, train
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,7 @@ class NightlyLockedError(OncallError):
 class NightlyRequest:
     date: dt.date
     archive_uri: str | None = None
-    fail_after: str | None = None  # test hook: raise right after this step (one of STEPS)
+    faults: Faults = field(default_factory=Faults)  # tests only: points nightly.after.<step>
 
 
 @dataclass
@@ -85,17 +86,15 @@ def default_date() -> dt.date:
 
 
 def last_successful_date(config: OncallConfig) -> dt.date | None:
-    runs = _finished_runs(config)
-    return max((dt.date.fromisoformat(r.data.tags[DATE_TAG]) for r in runs), default=None)
+    runs = _finished_runs(Tracker(config))
+    return max((dt.date.fromisoformat(r.tags[DATE_TAG]) for r in runs), default=None)
 
 
 def run_nightly(config: OncallConfig, request: NightlyRequest) -> NightlySummary:
     with exclusive_lock(config.data_dir / LOCK_FILE):
-        done = [r for r in _finished_runs(config) if r.data.tags[DATE_TAG] == request.date.isoformat()]
+        done = [r for r in _finished_runs(Tracker(config)) if r.tags[DATE_TAG] == request.date.isoformat()]
         if done:
-            log.info(
-                "nightly %s already completed (run %s): nothing to do", request.date, done[0].info.run_id
-            )
+            log.info("nightly %s already completed (run %s): nothing to do", request.date, done[0].run_id)
             return _summary_of(done[0], request.date)
         with ray_session():
             return _NightlyRun(config, request).run()
@@ -107,16 +106,27 @@ class _NightlyRun:
         self.request = request
         self.date = request.date
         self.archive = request.archive_uri or config.archive_uri
-        self.client = tracking_client(config)
-        self.registry = Registry(config, self.client)
+        self.tracker = Tracker(config)
+        self.registry = Registry(config, self.tracker.client)
         self.summary = NightlySummary(date=self.date)
         self.feedback = pd.DataFrame(columns=["ticket_id", "tenant", "source", "received_at"])
         self.window: tuple[dt.date | None, dt.date] = (None, self.date)  # set by the ingest step
+        self.run_log: RunLog  # set by run()
 
     def run(self) -> NightlySummary:
-        self.summary.run_id = self._open_run()
-        self.summary.champion_before = _version_of(self.registry.alias_or_none(CHAMPION))
-        try:
+        """The steps in one MLflow run: the date's unfinished run is resumed, else a new one."""
+        unfinished = self.tracker.find(NIGHTLY_EXPERIMENT, tags={DATE_TAG: self.date.isoformat()})
+        if unfinished:
+            log.info("resuming nightly %s (run %s)", self.date, unfinished[0].run_id)
+        with self.tracker.run(
+            NIGHTLY_EXPERIMENT,
+            run_name=f"nightly-{self.date.isoformat()}",
+            tags={DATE_TAG: self.date.isoformat()},
+            resume_run_id=unfinished[0].run_id if unfinished else None,
+        ) as run:
+            self.run_log = run
+            self.summary.run_id = run.run_id
+            self.summary.champion_before = _version_of(self.registry.alias_or_none(CHAMPION))
             ingested_until = self._step("ingest", self._ingest)
             if self.summary.new_days or self.summary.feedback_labels:
                 train_run_id = self._step("train", self._train)
@@ -127,26 +137,19 @@ class _NightlyRun:
                 log.info("nightly %s: no new archive day and no new feedback: nothing to train", self.date)
             self._step("rescore", self._rescore)
             self.summary.champion_after = _version_of(self.registry.alias_or_none(CHAMPION))
-            self._finish(ingested_until)
-        except BaseException:
-            self.client.set_terminated(self.summary.run_id, status="FAILED")
-            raise
+            _record(run, self.summary, ingested_until)
         return self.summary
 
     # -- steps ---------------------------------------------------------------------------------
 
     def _ingest(self) -> str:
         """New days: partitions after what the last successful run (or the champion) covered."""
-        finished = _finished_runs(self.config)
+        finished = _finished_runs(self.tracker)
         covered = _ingested_until(finished, self.registry)
-        days = [p.day for p in list_partitions(self.archive, until=self.date)]
+        days = [p.day for p in Archive(self.archive).partitions(until=self.date)]
         self.summary.new_days = [day for day in days if covered is None or day > covered]
         self.feedback = FeedbackStore(self.config.feedback_db_url).read()
-        since_last = (
-            dt.datetime.fromtimestamp(max(r.info.end_time for r in finished) / 1000, dt.UTC)
-            if finished
-            else None
-        )
+        since_last = max((r.ended_at for r in finished if r.ended_at), default=None)
         recent = (
             self.feedback if since_last is None else self.feedback[self.feedback.received_at > since_last]
         )
@@ -156,7 +159,7 @@ class _NightlyRun:
         if not window:
             raise OncallError(f"archive {self.archive} has no partition on or before {self.date}")
         self.window = (window[0] if covered is not None else None, window[-1])
-        self.summary.window = f"{window[0]}..{window[-1]}"
+        self.summary.window = str(DayWindow.of(window))
         log.info(
             "nightly %s: %d new day(s) after %s, %d new feedback label(s); training window %s",
             self.date,
@@ -196,12 +199,10 @@ class _NightlyRun:
         return result.run_id
 
     def _register(self, train_run_id: str) -> str:
-        registered = self.client.search_model_versions(
-            f"name='{self.registry.name}' and run_id='{train_run_id}'"
-        )
+        registered = self.registry.versions_of_run(train_run_id)
         if registered:
             self.summary.reused_steps.append("register")
-            version = str(max(int(v.version) for v in registered))
+            version = registered[-1].version
         else:
             version = self.registry.register_run(train_run_id).version
             self.registry.tag(version, {DATE_TAG: self.date.isoformat()})
@@ -209,16 +210,13 @@ class _NightlyRun:
         return version
 
     def _gate(self, version: str) -> None:
-        ref = self.registry.get(version=version)
-        decided = ref.tags.get("gate.decision")
-        if decided:  # gated before a crash: finish what it decided, never gate twice
+        gated = self.registry.get(version=version).gate
+        if gated is not None:  # gated before a crash: finish what it decided, never gate twice
             self.summary.reused_steps.append("gate")
-            self.summary.decision = decided
-            self.summary.reasons = [r for r in ref.tags.get("gate.reasons", "").split("; ") if r]
-            if decided == "promoted" and _version_of(self.registry.alias_or_none(CHAMPION)) != version:
-                if ref.tags.get("gate.champion"):
-                    self.registry.set_alias(PREVIOUS, ref.tags["gate.champion"])
-                self.registry.set_alias(CHAMPION, version)
+            self.summary.decision = gated.decision
+            self.summary.reasons = list(gated.reasons)
+            if gated.promoted and _version_of(self.registry.alias_or_none(CHAMPION)) != version:
+                self.registry.crown(version, dethroned=gated.champion)
             return
         decision = promote(self.config, version, archive_uri=self.archive)
         self.summary.decision = "promoted" if decision.promoted else "rejected"
@@ -243,39 +241,21 @@ class _NightlyRun:
         value = action()
         seconds = time.monotonic() - started
         self.summary.step_seconds[name] = seconds
-        self.client.log_metric(self.summary.run_id, f"seconds_{name}", seconds)
-        if self.request.fail_after == name:
-            raise RuntimeError(f"fault injection: nightly stops after step {name}")
+        self.run_log.metrics({f"seconds_{name}": seconds})
+        self.request.faults.check(f"nightly.after.{name}")
         return value
 
-    def _open_run(self) -> str:
-        """The date's unfinished run (resumed) or a new one."""
-        experiment_id = ensure_experiment(self.client, self.config, NIGHTLY_EXPERIMENT)
-        previous = self.client.search_runs(
-            [experiment_id], filter_string=f"tags.`{DATE_TAG}` = '{self.date.isoformat()}'"
-        )
-        if previous:
-            run_id = previous[0].info.run_id
-            self.client.update_run(run_id, status="RUNNING")
-            log.info("resuming nightly %s (run %s)", self.date, run_id)
-            return run_id
-        return self.client.create_run(
-            experiment_id, run_name=f"nightly-{self.date.isoformat()}", tags={DATE_TAG: self.date.isoformat()}
-        ).info.run_id
-
     def _tagged_training_run(self) -> str | None:
-        experiment = self.client.get_experiment_by_name(self.config.registry.experiment)
-        if experiment is None:
-            return None
-        finished = self.client.search_runs(
-            [experiment.experiment_id],
-            filter_string=f"tags.`{DATE_TAG}` = '{self.date.isoformat()}' and attributes.status = 'FINISHED'",
+        finished = self.tracker.find(
+            self.config.registry.experiment, tags={DATE_TAG: self.date.isoformat()}, finished=True
         )
-        return finished[0].info.run_id if finished else None
+        return finished[0].run_id if finished else None
 
-    def _finish(self, ingested_until: str) -> None:
-        summary = self.summary
-        tags = {
+
+def _record(run: RunLog, summary: NightlySummary, ingested_until: str) -> None:
+    """The summary on the nightly run: what a re-run of the date reads back (:func:`_summary_of`)."""
+    run.tags(
+        {
             INGESTED_TAG: ingested_until,
             "nightly.status": summary.status,
             "nightly.window": summary.window,
@@ -283,51 +263,46 @@ class _NightlyRun:
             "nightly.champion_before": summary.champion_before or "",
             "nightly.version": summary.version or "",
             "nightly.decision": summary.decision,
-            "nightly.reasons": "; ".join(summary.reasons)[:4000],
+            "nightly.reasons": "; ".join(summary.reasons),
             "nightly.champion_after": summary.champion_after or "",
             "nightly.train_run_id": summary.train_run_id,
             "nightly.reused_steps": ",".join(summary.reused_steps),
         }
-        for key, value in tags.items():
-            self.client.set_tag(summary.run_id, key, value)
-        for key, value in (
-            ("new_days", len(summary.new_days)),
-            ("feedback_labels", summary.feedback_labels),
-            ("rescored_rows", summary.rescored_rows),
-            ("rescored_misrouted", summary.rescored_misrouted),
-        ):
-            self.client.log_metric(summary.run_id, key, value)
-        self.client.set_terminated(summary.run_id, status="FINISHED")
+    )
+    run.metrics(
+        {
+            "new_days": len(summary.new_days),
+            "feedback_labels": summary.feedback_labels,
+            "rescored_rows": summary.rescored_rows,
+            "rescored_misrouted": summary.rescored_misrouted,
+        }
+    )
 
 
-def _finished_runs(config: OncallConfig) -> list[Run]:
-    client = tracking_client(config)
-    experiment = client.get_experiment_by_name(NIGHTLY_EXPERIMENT)
-    if experiment is None:
-        return []
-    return client.search_runs([experiment.experiment_id], filter_string="attributes.status = 'FINISHED'")
+def _finished_runs(tracker: Tracker) -> list[RunRecord]:
+    return tracker.find(NIGHTLY_EXPERIMENT, finished=True)
 
 
-def _ingested_until(finished: list[Run], registry: Registry) -> dt.date | None:
+def _ingested_until(finished: list[RunRecord], registry: Registry) -> dt.date | None:
     """The last archive day already learned from: the last successful nightly run's, else the
     end of the champion's training data (its test days were seen in evaluation only, but they
     are the days before the first nightly)."""
     if finished:
-        return max(dt.date.fromisoformat(r.data.tags[INGESTED_TAG]) for r in finished)
+        return max(dt.date.fromisoformat(r.tags[INGESTED_TAG]) for r in finished)
     champion = registry.alias_or_none(CHAMPION)
-    window = champion.tags.get("window.test", "") if champion else ""
-    return dt.date.fromisoformat(window.split("..")[-1]) if window else None
+    window = champion.test_window if champion else None
+    return window.last if window else None
 
 
 def _version_of(ref: VersionRef | None) -> str | None:
     return ref.version if ref else None
 
 
-def _summary_of(run: Run, date: dt.date) -> NightlySummary:
-    tags, metrics = run.data.tags, run.data.metrics
+def _summary_of(run: RunRecord, date: dt.date) -> NightlySummary:
+    tags, metrics = run.tags, run.metrics
     return NightlySummary(
         date=date,
-        run_id=run.info.run_id,
+        run_id=run.run_id,
         status="already done",
         new_days=[dt.date.fromisoformat(d) for d in tags.get("nightly.new_days", "").split(",") if d],
         window=tags.get("nightly.window", ""),

@@ -5,8 +5,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
-import json
 import logging
 import tempfile
 from dataclasses import dataclass, field
@@ -16,11 +14,11 @@ import pandas as pd
 
 from pipelines.config import OncallConfig, PromotionConfig
 from pipelines.contract.columns import LABEL_COLUMN
+from pipelines.data.window import labelled_rows
 from pipelines.errors import ModelError
-from pipelines.evaluation.job import labelled_rows
-from pipelines.jobs.ray_runtime import ray_session
 from pipelines.model.inference import TicketClassifier
-from pipelines.registry.versions import CHALLENGER, CHAMPION, PREVIOUS, Registry, VersionRef
+from pipelines.ray_runtime import ray_session
+from pipelines.registry.versions import CHALLENGER, CHAMPION, GateRecord, Registry, VersionRef
 
 log = logging.getLogger(__name__)
 
@@ -35,15 +33,15 @@ class Decision:
     metrics: dict[str, float] = field(default_factory=dict)
     champion: str | None = None
 
-    def as_tags(self) -> dict[str, str]:
-        return {
-            "gate.decision": "promoted" if self.promoted else "rejected",
-            "gate.reasons": "; ".join(self.reasons)[:4000],
-            "gate.regressions": json.dumps(self.regressions)[:4000],
-            "gate.new_tenants": json.dumps(self.new_tenants)[:4000],
-            "gate.champion": self.champion or "",
-            "gate.at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        }
+    def record(self) -> GateRecord:
+        """What is kept on the version."""
+        return GateRecord(
+            decision="promoted" if self.promoted else "rejected",
+            reasons=tuple(self.reasons),
+            champion=self.champion,
+            regressions=self.regressions,
+            new_tenants=self.new_tenants,
+        )
 
 
 def decide(
@@ -62,18 +60,9 @@ def decide(
     ``recall_drop`` recall. Tenants the champion cannot know are reported, not judged.
     Without one: top-1 must beat the majority-class baseline by ``first_version_margin``.
     """
-    challenger_right = challenger == truth
     if champion is None:
-        baseline = float(truth.value_counts(normalize=True).iloc[0])
-        top1 = float(challenger_right.mean())
-        metrics = {"challenger_top1": top1, "majority_baseline_top1": baseline}
-        passed = top1 >= baseline + rules.first_version_margin
-        reason = (
-            f"first version: top-1 {top1:.3f} {'beats' if passed else 'does not beat'} the majority "
-            f"baseline {baseline:.3f} by the required {rules.first_version_margin:.2f}"
-        )
-        return Decision(version, passed, [reason], metrics=metrics)
-
+        return _decide_first_version(truth, challenger, rules, version)
+    challenger_right = challenger == truth
     known = truth.isin(champion_tenants)
     learned = sorted(set(truth[~known]) & (challenger_tenants - champion_tenants))
     new_tenants = {tenant: float(challenger_right[truth == tenant].mean()) for tenant in learned}
@@ -84,26 +73,13 @@ def decide(
         "champion_top1": champion_top1,
         "judged_tickets": float(known.sum()),
     }
-    reasons, regressions = [], []
+    reasons: list[str] = []
     if challenger_top1 < champion_top1 - rules.top1_tolerance:
         reasons.append(
             f"top-1 {challenger_top1:.3f} is below the champion's {champion_top1:.3f} by more than "
             f"{rules.top1_tolerance:.3f}"
         )
-    for tenant, support in truth[known].value_counts().items():
-        if support < rules.min_support:
-            continue
-        rows = truth == tenant
-        before, after = float((champion == truth)[rows].mean()), float(challenger_right[rows].mean())
-        if before - after > rules.recall_drop:
-            regressions.append(
-                {
-                    "tenant": tenant,
-                    "support": int(support),
-                    "champion_recall": before,
-                    "challenger_recall": after,
-                }
-            )
+    regressions = _recall_regressions(truth, challenger, champion, known, rules)
     if regressions:
         names = ", ".join(
             f"{r['tenant']} ({r['champion_recall']:.2f} → {r['challenger_recall']:.2f})" for r in regressions
@@ -123,6 +99,44 @@ def decide(
     return Decision(version, promoted, reasons, regressions, new_tenants, metrics)
 
 
+def _decide_first_version(
+    truth: pd.Series, challenger: pd.Series, rules: PromotionConfig, version: str
+) -> Decision:
+    """No champion yet: top-1 must beat the majority-class baseline by ``first_version_margin``."""
+    baseline = float(truth.value_counts(normalize=True).iloc[0])
+    top1 = float((challenger == truth).mean())
+    metrics = {"challenger_top1": top1, "majority_baseline_top1": baseline}
+    passed = top1 >= baseline + rules.first_version_margin
+    reason = (
+        f"first version: top-1 {top1:.3f} {'beats' if passed else 'does not beat'} the majority "
+        f"baseline {baseline:.3f} by the required {rules.first_version_margin:.2f}"
+    )
+    return Decision(version, passed, [reason], metrics=metrics)
+
+
+def _recall_regressions(
+    truth: pd.Series, challenger: pd.Series, champion: pd.Series, known: pd.Series, rules: PromotionConfig
+) -> list[dict[str, float | str]]:
+    """Tenants the champion knows, with ``min_support`` tickets, whose recall drops too much."""
+    regressions: list[dict[str, float | str]] = []
+    for tenant, support in truth[known].value_counts().items():
+        if support < rules.min_support:
+            continue
+        rows = truth == tenant
+        before = float((champion == truth)[rows].mean())
+        after = float((challenger == truth)[rows].mean())
+        if before - after > rules.recall_drop:
+            regressions.append(
+                {
+                    "tenant": tenant,
+                    "support": int(support),
+                    "champion_recall": before,
+                    "challenger_recall": after,
+                }
+            )
+    return regressions
+
+
 def promote(
     config: OncallConfig,
     version: str | None = None,
@@ -136,11 +150,15 @@ def promote(
 
     Tickets come from ``archive_uri``, else the configured ``data.archive``, else the archive the
     candidate was trained on: the reference labels are the platform's, not the candidate's."""
+    # Versions
     registry = Registry(config)
     candidate = registry.get(version=version) if version else registry.get(alias=CHALLENGER)
     champion = registry.alias_or_none(CHAMPION)
     if champion is not None and champion.version == candidate.version:
         return Decision(candidate.version, True, ["already the champion"], champion=champion.version)
+    archive = archive_uri or config.data.archive or candidate.tags.get("archive") or config.archive_uri
+
+    # Both models on the same tickets
     with tempfile.TemporaryDirectory() as folder:
         challenger_model = TicketClassifier.from_dir(
             registry.download(candidate, Path(folder) / "challenger")
@@ -150,10 +168,11 @@ def promote(
             if champion
             else None
         )
-        archive = archive_uri or config.data.archive or candidate.tags.get("archive") or config.archive_uri
         truth, predictions = _predict_evaluation_set(
             config, archive, candidate, challenger_model, champion_model
         )
+
+    # Decision
     decision = decide(
         truth,
         predictions["challenger"],
@@ -167,12 +186,11 @@ def promote(
     if force and not decision.promoted:
         decision.promoted = True
         decision.reasons.append(f"forced: {reason or 'no reason given'}")
-    registry.tag(candidate.version, decision.as_tags())
+
+    # Record and aliases
+    registry.record_gate(candidate.version, decision.record())
     if decision.promoted:
-        if champion is not None:
-            registry.set_alias(PREVIOUS, champion.version)
-        registry.set_alias(CHAMPION, candidate.version)
-        log.info("version %s is now %s", candidate.version, CHAMPION)
+        registry.crown(candidate.version, dethroned=decision.champion)
     return decision
 
 
@@ -185,7 +203,10 @@ def _predict_evaluation_set(
 ) -> tuple[pd.Series, dict[str, pd.Series]]:
     """Both models on the candidate's test days (the newest labelled days it was not trained on)
     plus the configured golden set, each with its own text builder, aligned by ticket id."""
-    since, until = (dt.date.fromisoformat(day) for day in candidate.tags["window.test"].split(".."))
+    window = candidate.test_window
+    if window is None:
+        raise ModelError(f"version {candidate.version} records no test days (tag window.test) to gate on")
+    since, until = window.first, window.last
     predictions: dict[str, pd.Series] = {}
     truth = None
     with ray_session():
@@ -209,14 +230,4 @@ def _predict_evaluation_set(
 
 def rollback(config: OncallConfig) -> tuple[str, str]:
     """Move ``champion`` back to ``previous``; returns (from version, to version)."""
-    registry = Registry(config)
-    previous = registry.alias_or_none(PREVIOUS)
-    current = registry.alias_or_none(CHAMPION)
-    if previous is None or current is None:
-        raise ModelError(f"nothing to roll back to: '{config.registry.model_name}' has no '{PREVIOUS}' alias")
-    registry.set_alias(CHAMPION, previous.version)
-    registry.client.delete_registered_model_alias(registry.name, PREVIOUS)
-    registry.tag(
-        current.version, {"gate.rolled_back_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
-    )
-    return current.version, previous.version
+    return Registry(config).rollback()

@@ -15,12 +15,18 @@ import mlflow
 import pandas as pd
 from mlflow.pyfunc.model import PythonModel, PythonModelContext
 
+OUTPUT_COLUMNS = ("tenant", "confidence", "top_k", "abstain")
 
-class TicketRouterModel(PythonModel):
-    """Rows with ticket columns in, ranked tenants out (same answers as TicketClassifier)."""
+
+class TicketClassifierPyfunc(PythonModel):
+    """Rows with ticket columns in, ranked tenants out (same answers as TicketClassifier).
+
+    A registered version carries its own copy of this file: it may rely only on
+    ``pipelines.predict.TicketClassifier``'s ``from_dir`` and ``predict`` (and on the prediction's
+    ``as_record``)."""
 
     def load_context(self, context: PythonModelContext) -> None:
-        from pipelines.model.inference import TicketClassifier
+        from pipelines.predict import TicketClassifier
 
         self.classifier = TicketClassifier.from_dir(Path(context.artifacts["classifier"]))
 
@@ -29,14 +35,10 @@ class TicketRouterModel(PythonModel):
     ) -> pd.DataFrame:
         top_k = int((params or {}).get("top_k", 3))
         predictions = self.classifier.predict(model_input.to_dict("records"), top_k=top_k)
-        return pd.DataFrame(
-            {
-                "tenant": [p.tenant for p in predictions],
-                "confidence": [p.confidence for p in predictions],
-                "top_k": [json.dumps([{"tenant": t, "score": s} for t, s in p.top_k]) for p in predictions],
-                "abstain": [p.abstain for p in predictions],
-            }
-        )
+        records = [p.as_record() for p in predictions]
+        for record in records:
+            record["top_k"] = json.dumps(record["top_k"])  # one column of plain strings
+        return pd.DataFrame(records, columns=list(OUTPUT_COLUMNS))
 
 
-mlflow.models.set_model(TicketRouterModel())
+mlflow.models.set_model(TicketClassifierPyfunc())

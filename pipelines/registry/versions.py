@@ -1,4 +1,4 @@
-"""The only module that talks to MLflow's model registry: versions, aliases, downloads.
+"""MLflow's model registry: versions, aliases, the gate's record, downloads.
 
 A version's source is the training run's ``model/`` artifact directory (adapter, tokenizer,
 labels, ``classifier.json`` and, for a preset base, the base itself): JSON and safetensors
@@ -7,11 +7,15 @@ only, nothing that executes on load.
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import logging
 import subprocess
-from dataclasses import dataclass
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from mlflow.artifacts import download_artifacts
 from mlflow.entities.model_registry import ModelVersion
@@ -19,9 +23,13 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from pipelines.config import OncallConfig
+from pipelines.contract.days import DayWindow
 from pipelines.errors import ModelError
 from pipelines.registry.packaging import classifier_in
-from pipelines.registry.tracking import MODEL_ARTIFACT, tracking_client
+from pipelines.registry.tracking import MAX_TAG_CHARS, MODEL_ARTIFACT, tracking_client
+
+if TYPE_CHECKING:
+    from pipelines.model.inference import TicketClassifier
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +38,65 @@ CHALLENGER = "challenger"
 PREVIOUS = "previous"
 # Run metrics copied onto the version as tags (the evaluation of the test days).
 VERSION_METRICS = ("test_top1", "test_top3", "test_macro_f1", "test_ece", "test_abstain_threshold")
+# The days a run trained, validated and tested on: run params, copied onto the version as tags.
+WINDOW_KEYS = ("window.train", "window.validation", "window.test")
+
+
+def window_params(train: DayWindow, validation: DayWindow, test: DayWindow) -> dict[str, str]:
+    """The ``window.*`` params of a training run (the one place their names and form are set)."""
+    return dict(zip(WINDOW_KEYS, (str(train), str(validation), str(test)), strict=True))
+
+
+@dataclass(frozen=True)
+class GateRecord:
+    """What the promotion gate decided for a version, kept on it as ``gate.*`` tags so that a
+    crashed nightly finishes the decision instead of gating twice."""
+
+    decision: Literal["promoted", "rejected"]
+    reasons: tuple[str, ...]
+    champion: str | None  # the champion it was gated against
+    regressions: list[dict[str, float | str]] = field(default_factory=list)
+    new_tenants: dict[str, float] = field(default_factory=dict)  # tenant → challenger recall
+    at: str = field(default_factory=lambda: dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
+
+    REASON_SEPARATOR = "; "
+
+    @property
+    def promoted(self) -> bool:
+        return self.decision == "promoted"
+
+    def as_tags(self) -> dict[str, str]:
+        return {
+            "gate.decision": self.decision,
+            "gate.reasons": self.REASON_SEPARATOR.join(self.reasons)[:MAX_TAG_CHARS],
+            "gate.regressions": json.dumps(self.regressions)[:MAX_TAG_CHARS],
+            "gate.new_tenants": json.dumps(self.new_tenants)[:MAX_TAG_CHARS],
+            "gate.champion": self.champion or "",
+            "gate.at": self.at,
+        }
+
+    @classmethod
+    def from_tags(cls, tags: Mapping[str, str]) -> GateRecord | None:
+        """The record kept on a version, None if it was never gated. Long JSON values may have
+        been cut to fit a tag: they are read back as empty rather than failing."""
+        decision = tags.get("gate.decision")
+        if decision not in ("promoted", "rejected"):
+            return None
+        return cls(
+            decision=decision,
+            reasons=tuple(r for r in tags.get("gate.reasons", "").split(cls.REASON_SEPARATOR) if r),
+            champion=tags.get("gate.champion") or None,
+            regressions=_json_or(tags.get("gate.regressions"), []),
+            new_tenants=_json_or(tags.get("gate.new_tenants"), {}),
+            at=tags.get("gate.at", ""),
+        )
+
+
+def _json_or(text: str | None, default: Any) -> Any:
+    try:
+        return json.loads(text) if text else default
+    except json.JSONDecodeError:
+        return default
 
 
 @dataclass(frozen=True)
@@ -40,6 +107,18 @@ class VersionRef:
     source: str
     tags: dict[str, str]
     aliases: tuple[str, ...]
+
+    @property
+    def train_window(self) -> DayWindow | None:
+        return DayWindow.parse(self.tags.get("window.train", ""))
+
+    @property
+    def test_window(self) -> DayWindow | None:
+        return DayWindow.parse(self.tags.get("window.test", ""))
+
+    @property
+    def gate(self) -> GateRecord | None:
+        return GateRecord.from_tags(self.tags)
 
     @classmethod
     def of(cls, model_version: ModelVersion) -> VersionRef:
@@ -66,8 +145,7 @@ class Registry:
             self.client.create_registered_model(self.name, description="oncall ticket → tenant classifier")
         tags: dict[str, Any] = {
             "run_id": run_id,
-            "window.train": run.data.params.get("window.train", ""),
-            "window.test": run.data.params.get("window.test", ""),
+            **{key: run.data.params.get(key, "") for key in WINDOW_KEYS},
             "archive": run.data.params.get("archive", ""),
             "git_commit": _git_commit(),
         }
@@ -112,12 +190,79 @@ class Registry:
         for key, value in tags.items():
             self.client.set_model_version_tag(self.name, version, key, value)
 
+    def versions_of_run(self, run_id: str) -> list[VersionRef]:
+        """Versions registered from a training run (a resumed nightly registers it once)."""
+        found = self.client.search_model_versions(f"name='{self.name}' and run_id='{run_id}'")
+        return sorted((VersionRef.of(v) for v in found), key=lambda ref: int(ref.version))
+
+    def record_gate(self, version: str, record: GateRecord) -> None:
+        self.tag(version, record.as_tags())
+
+    def crown(self, version: str, *, dethroned: str | None) -> None:
+        """``version`` becomes the champion; the champion it replaces (``dethroned``) stays
+        reachable as ``previous`` for a rollback."""
+        if dethroned is not None and dethroned != version:
+            self.set_alias(PREVIOUS, dethroned)
+        self.set_alias(CHAMPION, version)
+        log.info("version %s is now %s", version, CHAMPION)
+
+    def rollback(self) -> tuple[str, str]:
+        """``champion`` moves back to ``previous`` (which is then cleared); returns (from, to)."""
+        previous = self.alias_or_none(PREVIOUS)
+        current = self.alias_or_none(CHAMPION)
+        if previous is None or current is None:
+            raise ModelError(f"nothing to roll back to: '{self.name}' has no '{PREVIOUS}' alias")
+        self.set_alias(CHAMPION, previous.version)
+        self.client.delete_registered_model_alias(self.name, PREVIOUS)
+        self.tag(
+            current.version, {"gate.rolled_back_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
+        )
+        return current.version, previous.version
+
     def download(self, ref: VersionRef, dst: Path) -> Path:
         """The version's classifier directory, downloaded under ``dst``."""
         root = download_artifacts(
             artifact_uri=ref.source, dst_path=str(dst), tracking_uri=self.config.tracking_uri
         )
         return classifier_in(Path(root))
+
+    def download_run_model(self, run_id: str, dst: Path) -> Path:
+        """The classifier directory of a training run (registered or not), downloaded under ``dst``."""
+        try:
+            root = download_artifacts(
+                run_id=run_id,
+                artifact_path=MODEL_ARTIFACT,
+                dst_path=str(dst),
+                tracking_uri=self.config.tracking_uri,
+            )
+        except Exception as exc:  # MLflow raises several types for a missing run or artifact
+            raise ModelError(
+                f"run {run_id} has no '{MODEL_ARTIFACT}' artifact in {self.config.tracking_uri}: {exc}"
+            ) from None
+        return classifier_in(Path(root))
+
+    def load_classifier(
+        self,
+        ref: VersionRef | None = None,
+        *,
+        alias: str | None = None,
+        version: str | None = None,
+        device: str | None = None,
+        batch_size: int = 64,
+        merge: bool = True,
+    ) -> TicketClassifier:
+        """The classifier of ``ref``, or of the version ``alias`` or ``version`` names, loaded
+        from a temporary download; its ``version`` is set."""
+        # Imported here: torch stays out of the CLI's and the nightly's start-up.
+        from pipelines.model.inference import TicketClassifier
+
+        ref = ref or self.get(alias=alias, version=version)
+        with tempfile.TemporaryDirectory(prefix="oncall-version-") as folder:
+            classifier = TicketClassifier.from_dir(
+                self.download(ref, Path(folder)), device=device, batch_size=batch_size, merge=merge
+            )
+        classifier.version = ref.version
+        return classifier
 
     def _registered_model(self) -> Any:
         try:

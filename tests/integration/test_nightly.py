@@ -10,10 +10,11 @@ import pandas as pd
 import pytest
 
 from pipelines.config import OncallConfig
-from pipelines.contract.archive import list_partitions, read_partition_file, resolve
+from pipelines.contract.archive import Archive
 from pipelines.contract.columns import LABEL_COLUMN
 from pipelines.data.feedback import FeedbackStore
 from pipelines.data.sample.generator import SampleSpec, generate_archive
+from pipelines.faults import Faults, InjectedFaultError
 from pipelines.jobs.nightly import DATE_TAG, NIGHTLY_EXPERIMENT, NightlyRequest, run_nightly
 from pipelines.model.inference import TicketClassifier
 from pipelines.registry.promotion import promote
@@ -60,9 +61,9 @@ def world(tmp_path_factory: pytest.TempPathFactory, tiny_base: Path) -> tuple[On
 
 
 def held_out(config: OncallConfig) -> pd.DataFrame:
-    filesystem, _ = resolve(config.archive_uri)
-    days = list_partitions(config.archive_uri, since=NIGHTLY_DATE - dt.timedelta(days=1), until=NIGHTLY_DATE)
-    frames = [read_partition_file(path, filesystem).to_pandas() for day in days for path in day.files]
+    archive = Archive(config.archive_uri)
+    days = archive.partitions(since=NIGHTLY_DATE - dt.timedelta(days=1), until=NIGHTLY_DATE)
+    frames = [archive.read_file(path).to_pandas() for day in days for path in day.files]
     return pd.concat(frames, ignore_index=True).dropna(subset=[LABEL_COLUMN])
 
 
@@ -79,8 +80,8 @@ def test_nightly_learns_the_move_and_the_new_tenant_resumes_after_a_crash_and_is
     FeedbackStore(config.feedback_db_url).record("T-feedback-1", manifest["new_tenants"][0]["tenant"])
 
     # A crash after registration, before the gate: the version exists, nothing is promoted.
-    with pytest.raises(RuntimeError, match="after step register"):
-        run_nightly(config, NightlyRequest(date=NIGHTLY_DATE, fail_after="register"))
+    with pytest.raises(InjectedFaultError, match=r"nightly\.after\.register"):
+        run_nightly(config, NightlyRequest(date=NIGHTLY_DATE, faults=Faults.at("nightly.after.register")))
     tagged = tracking_client(config).search_model_versions(
         f"name='{registry.name}' and tags.`{DATE_TAG}` = '{NIGHTLY_DATE}'"
     )
@@ -105,8 +106,8 @@ def test_nightly_learns_the_move_and_the_new_tenant_resumes_after_a_crash_and_is
     )
     assert len(nightly_runs) == 1 and nightly_runs[0].info.status == "FINISHED"
 
-    old = TicketClassifier.from_registry(config, version=first)
-    new = TicketClassifier.from_registry(config, version=second)
+    old = registry.load_classifier(version=first)
+    new = registry.load_classifier(version=second)
     # Stable ids: every tenant of v1 keeps its position, the new tenant is appended.
     assert new.labels.tenants[: len(old.labels)] == old.labels.tenants
     assert manifest["new_tenants"][0]["tenant"] in new.labels.tenants[len(old.labels) :]

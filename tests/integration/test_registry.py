@@ -15,7 +15,7 @@ import pytest
 from mlflow.artifacts import download_artifacts
 
 from pipelines.config import OncallConfig
-from pipelines.contract.archive import list_partitions
+from pipelines.contract.archive import Archive
 from pipelines.errors import ModelError
 from pipelines.model.artifact import load_classifier
 from pipelines.model.inference import TicketClassifier
@@ -66,7 +66,7 @@ def test_registry_load_predicts_exactly_like_the_run_artifact(
     trained_run: tuple[OncallConfig, TrainResult], tmp_path: Path
 ) -> None:
     config, result = trained_run
-    from_registry = TicketClassifier.from_registry(config, alias=CHALLENGER)
+    from_registry = Registry(config).load_classifier(alias=CHALLENGER)
     artifact = download_artifacts(
         run_id=result.run_id, artifact_path="model", dst_path=str(tmp_path), tracking_uri=config.tracking_uri
     )
@@ -99,7 +99,7 @@ def test_a_different_base_is_refused_with_a_clear_message(
 
 def shuffled_archive(source: Path, out: Path) -> Path:
     """The same tickets with tenants shuffled within each day: nothing left to learn."""
-    for partition in list_partitions(str(source)):
+    for partition in Archive(str(source)).partitions():
         for path in partition.files:
             table = pq.read_table(path)
             order = np.random.default_rng(0).permutation(table.num_rows)

@@ -10,14 +10,13 @@ import mlflow
 import pandas as pd
 import pytest
 from mlflow.artifacts import download_artifacts
-from mlflow.tracking import MlflowClient
 
 from pipelines.config import OncallConfig
 from pipelines.errors import ModelError
 from pipelines.model.inference import TicketClassifier
 from pipelines.registry.packaging import classifier_in
 from pipelines.registry.promotion import promote, rollback
-from pipelines.registry.tracking import MODEL_ARTIFACT, ensure_experiment
+from pipelines.registry.tracking import MODEL_ARTIFACT, Tracker
 from pipelines.registry.versions import CHAMPION, Registry
 from pipelines.training.job import TrainResult
 from tests.integration.mlflow_server import (
@@ -54,20 +53,16 @@ def server_config(
 
 def copy_run_to(server: OncallConfig, source: OncallConfig, run_id: str) -> str:
     """The embedded run's model, params and metrics as a run on the server (no retraining)."""
-    run = MlflowClient(source.tracking_uri).get_run(run_id)
-    client = MlflowClient(server.tracking_uri)
-    copy = client.create_run(ensure_experiment(client, server, server.registry.experiment))
-    for key in ("window.train", "window.test", "archive"):
-        client.log_param(copy.info.run_id, key, run.data.params[key])
-    for key, value in run.data.metrics.items():
-        client.log_metric(copy.info.run_id, key, value)
-    with tempfile.TemporaryDirectory() as folder:
-        model = download_artifacts(
-            run_id=run_id, artifact_path=MODEL_ARTIFACT, dst_path=folder, tracking_uri=source.tracking_uri
-        )
-        client.log_artifacts(copy.info.run_id, model, MODEL_ARTIFACT)
-    client.set_terminated(copy.info.run_id)
-    return copy.info.run_id
+    run = Tracker(source).get(run_id)
+    with Tracker(server).run(server.registry.experiment) as copy:
+        copy.params({key: run.params[key] for key in ("window.train", "window.test", "archive")})
+        copy.metrics(run.metrics)
+        with tempfile.TemporaryDirectory() as folder:
+            model = download_artifacts(
+                run_id=run_id, artifact_path=MODEL_ARTIFACT, dst_path=folder, tracking_uri=source.tracking_uri
+            )
+            copy.artifacts(Path(model), MODEL_ARTIFACT)
+    return copy.run_id
 
 
 def test_register_promote_load_and_pyfunc_through_the_server(
@@ -81,7 +76,7 @@ def test_register_promote_load_and_pyfunc_through_the_server(
     assert promote(server_config).promoted
     assert registry.get(alias=CHAMPION).version == version.version
 
-    served = TicketClassifier.from_registry(server_config, alias=CHAMPION)
+    served = registry.load_classifier(alias=CHAMPION)
     local_model = download_artifacts(
         run_id=result.run_id,
         artifact_path=MODEL_ARTIFACT,
