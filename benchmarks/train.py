@@ -48,8 +48,8 @@ log = logging.getLogger("benchmarks.train")
 
 TARGET_FIXED_S = 20.0
 TARGET_STEP_OVERHEAD = 0.10
-VALIDATION_BATCH = 256  # what train_loop's validation reads per batch
 PLAIN = "plain PyTorch"
+EXPERIMENT = "benchmark-train"
 
 
 @dataclass
@@ -65,15 +65,14 @@ class Workspace:
     validation: Any
     train_rows: Any  # the same rows as pandas, for the plain loop
     validation_rows: Any
-    client: Any  # MlflowClient of the throwaway store
-    experiment_id: str
+    tracker: Any  # pipelines.registry.tracking.Tracker of the throwaway store
     checkpoints: Path  # the plain loop's saved states
 
 
 def main(argv: list[str] | None = None) -> None:
     args = _parse(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from pipelines.jobs.ray_runtime import ray_session
+    from pipelines.ray_runtime import ray_session
 
     workdir = args.workdir.resolve()
     _warn_about_other_rays()
@@ -137,12 +136,11 @@ def _prepare(args: argparse.Namespace, workdir: Path) -> Workspace:
     """Archive and base (reused when present), then the product's data path up to tokenized,
     materialized train/validation rows; a fresh MLflow store for the runs."""
     from pipelines.config import load_config
-    from pipelines.contract.text import TextBuilder
     from pipelines.data.ownership import without_stale_ownership
     from pipelines.data.tokenize import tokenized_splits
     from pipelines.data.window import TimeSplit, count_window, read_window, summarise, train_labels
     from pipelines.model.base import load_tokenizer
-    from pipelines.registry.tracking import ensure_experiment, tracking_client
+    from pipelines.registry.tracking import Tracker
     from pipelines.training.job import TrainRequest
 
     size = f"{args.days}d-{args.tickets_per_day}t-{args.tenants}n"
@@ -161,7 +159,7 @@ def _prepare(args: argparse.Namespace, workdir: Path) -> Workspace:
         for workers in sorted({1, *args.workers})
     }
     config = configs[1]
-    builder = TextBuilder.from_config(config.data)
+    builder = config.data.text_builder()
     base = _base(workdir / f"base-{size}-{args.max_length}", archive, builder, config)
 
     prepared = read_window(str(archive), builder, None, None).materialize()
@@ -188,7 +186,6 @@ def _prepare(args: argparse.Namespace, workdir: Path) -> Workspace:
         len(labels),
         train_rows["input_ids"].map(len).mean(),
     )
-    client = tracking_client(config)
     return Workspace(
         configs=configs,
         request=TrainRequest(archive_uri=str(archive), base_dir=base),
@@ -199,8 +196,7 @@ def _prepare(args: argparse.Namespace, workdir: Path) -> Workspace:
         validation=validation,
         train_rows=train_rows,
         validation_rows=validation_rows,
-        client=client,
-        experiment_id=ensure_experiment(client, config, "benchmark-train"),
+        tracker=Tracker(config),
         checkpoints=stores / "plain",
     )
 
@@ -293,64 +289,65 @@ def _plain_fit(space: Workspace, threads: int) -> dict[str, float]:
     config = space.configs[1]
     train_config = config.train
     script_s = _script_startup_s()
-    run_id = _new_run(space, "plain")
     torch.set_num_threads(threads)
     input_ids = space.train_rows["input_ids"].to_numpy()
     labels = space.train_rows["labels"].to_numpy()
     batch_size, accumulate = train_config.batch_size, train_config.grad_accum_steps
     total_steps = math.ceil(len(labels) / (batch_size * accumulate)) * train_config.epochs
 
-    fit_started = time.time()
-    torch.manual_seed(train_config.seed)
-    model = build_classifier(
-        space.request.base_dir,
-        len(space.labels),
-        pad_token_id=space.pad_token_id,
-        model_config=config.model,
-    )
-    optimizer = training_steps.make_optimizer(model, train_config)
-    scheduler = training_steps.make_scheduler(optimizer, total_steps, train_config.warmup_ratio)
-    weights = training_steps.class_weights(
-        [space.stats.train_tenant_counts[t] for t in space.labels.tenants], train_config.class_weighting
-    )
-    progress = {"epoch": -1, "step": 0}
-    for epoch in range(train_config.epochs):
-        model.train()
-        losses, started = [], time.monotonic()
-        order = np.random.default_rng(train_config.seed + epoch).permutation(len(labels))
-        for index, start in enumerate(range(0, len(order), batch_size)):
-            rows = order[start : start + batch_size]
-            batch = batching.pad_batch(input_ids[rows], space.pad_token_id)
-            batch["labels"] = torch.as_tensor(labels[rows], dtype=torch.long)
-            output = training_steps.training_step(
-                model, batch, weights=weights, loss_scale=1 / accumulate, autocast_dtype=None
-            )
-            losses.append(output.loss)
-            if (index + 1) % accumulate == 0:
+    with space.tracker.run(EXPERIMENT, run_name="plain") as run:
+        fit_started = time.time()
+        torch.manual_seed(train_config.seed)
+        model = build_classifier(
+            space.request.base_dir,
+            len(space.labels),
+            pad_token_id=space.pad_token_id,
+            model_config=config.model,
+        )
+        optimizer = training_steps.make_optimizer(model, train_config)
+        scheduler = training_steps.make_scheduler(optimizer, total_steps, train_config.warmup_ratio)
+        weights = training_steps.class_weights(
+            [space.stats.train_tenant_counts[t] for t in space.labels.tenants], train_config.class_weighting
+        )
+        progress = {"epoch": -1, "step": 0}
+        for epoch in range(train_config.epochs):
+            model.train()
+            losses, started = [], time.monotonic()
+            order = np.random.default_rng(train_config.seed + epoch).permutation(len(labels))
+            for index, start in enumerate(range(0, len(order), batch_size)):
+                rows = order[start : start + batch_size]
+                batch = batching.pad_batch(input_ids[rows], space.pad_token_id)
+                batch["labels"] = torch.as_tensor(labels[rows], dtype=torch.long)
+                output = training_steps.training_step(
+                    model, batch, weights=weights, loss_scale=1 / accumulate, autocast_dtype=None
+                )
+                losses.append(output.loss)
+                if (index + 1) % accumulate == 0:
+                    training_steps.optimizer_step(model, optimizer, scheduler, train_config.max_grad_norm)
+                    progress["step"] += 1
+            if len(losses) % accumulate:
                 training_steps.optimizer_step(model, optimizer, scheduler, train_config.max_grad_norm)
                 progress["step"] += 1
-        if len(losses) % accumulate:
-            training_steps.optimizer_step(model, optimizer, scheduler, train_config.max_grad_norm)
-            progress["step"] += 1
-        progress["epoch"] = epoch
-        metrics = {
-            "epoch": epoch,
-            "step": progress["step"],
-            "train_loss": float(np.mean(losses)),
-            "epoch_seconds": time.monotonic() - started,
-            **_plain_validation(model, space, weights),
-        }
-        _log_metrics(space.client, run_id, metrics, progress["step"])
-        folder = space.checkpoints / f"{run_id}-epoch-{epoch}"
-        folder.mkdir(parents=True)
-        state = {name: t.detach().cpu().contiguous() for name, t in trainable_state_dict(model).items()}
-        save_file(state, folder / CHECKPOINT_STATE)
-        torch.save(
-            {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
-            folder / CHECKPOINT_OPTIMIZER,
-        )
-        (folder / CHECKPOINT_PROGRESS).write_text(json.dumps(progress))
-    return {**_measurements(space, run_id, fit_started, time.time(), workers=1), "script_s": script_s}
+            progress["epoch"] = epoch
+            metrics = {
+                "epoch": epoch,
+                "step": progress["step"],
+                "train_loss": float(np.mean(losses)),
+                "epoch_seconds": time.monotonic() - started,
+                **_plain_validation(model, space, weights),
+            }
+            run.metrics(metrics, step=progress["step"])  # as train_loop's rank 0 does
+            folder = space.checkpoints / f"{run.run_id}-epoch-{epoch}"
+            folder.mkdir(parents=True)
+            state = {name: t.detach().cpu().contiguous() for name, t in trainable_state_dict(model).items()}
+            save_file(state, folder / CHECKPOINT_STATE)
+            torch.save(
+                {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
+                folder / CHECKPOINT_OPTIMIZER,
+            )
+            (folder / CHECKPOINT_PROGRESS).write_text(json.dumps(progress))
+        fit_ended = time.time()
+    return {**_measurements(space, run.run_id, fit_started, fit_ended, workers=1), "script_s": script_s}
 
 
 def _script_startup_s() -> float:
@@ -367,6 +364,7 @@ def _plain_validation(model: Any, space: Workspace, weights: Any) -> dict[str, f
 
     from pipelines.model import batching
     from pipelines.model import steps as training_steps
+    from pipelines.training.loop import VALIDATION_BATCH
 
     rows = space.validation_rows
 
@@ -390,19 +388,27 @@ def _ray_fit(space: Workspace, workers: int) -> dict[str, float]:
     from pipelines.training.job import build_loop_config, build_trainer
 
     config = space.configs[workers]
-    run_id = _new_run(space, f"ray-{workers}")
-    loop_config = build_loop_config(
-        config, space.request, space.labels, space.stats, pad_token_id=space.pad_token_id, run_id=run_id
-    )
-    trainer = build_trainer(
-        config, loop_config, {"train": space.train, "validation": space.validation}, name=f"bench-{run_id}"
-    )
-    fit_started = time.time()
-    result = trainer.fit()
-    fit_ended = time.time()
-    if result.checkpoint is None:
-        raise ModelError(f"training finished without a checkpoint (error: {result.error})")
-    figures = _measurements(space, run_id, fit_started, fit_ended, workers=workers)
+    with space.tracker.run(EXPERIMENT, run_name=f"ray-{workers}") as run:
+        loop_config = build_loop_config(
+            config,
+            space.request,
+            space.labels,
+            space.stats,
+            pad_token_id=space.pad_token_id,
+            run_id=run.run_id,
+        )
+        trainer = build_trainer(
+            config,
+            loop_config,
+            {"train": space.train, "validation": space.validation},
+            name=f"bench-{run.run_id}",
+        )
+        fit_started = time.time()
+        result = trainer.fit()
+        fit_ended = time.time()
+        if result.checkpoint is None:
+            raise ModelError(f"training finished without a checkpoint (error: {result.error})")
+    figures = _measurements(space, run.run_id, fit_started, fit_ended, workers=workers)
     return {**figures, **_controller_phases(fit_started, fit_ended, figures)}
 
 
@@ -451,25 +457,12 @@ def _controller_phases(fit_started: float, fit_ended: float, figures: dict[str, 
     return phases
 
 
-def _new_run(space: Workspace, name: str) -> str:
-    return space.client.create_run(space.experiment_id, run_name=name).info.run_id
-
-
-def _log_metrics(client: Any, run_id: str, metrics: dict[str, float], step: int) -> None:
-    """As train_loop's rank 0 does (one batch per epoch)."""
-    from mlflow.entities import Metric
-
-    now = int(time.time() * 1000)
-    client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items() if v == v])
-
-
 def _measurements(
     space: Workspace, run_id: str, fit_started: float, fit_ended: float, *, workers: int
 ) -> dict[str, float]:
     """Figures of one fit, from the per-epoch metrics its loop logged to MLflow (epoch_seconds,
     step, val_top1, and the wall-clock time each epoch's metrics were logged at)."""
-    client = space.client
-    client.set_terminated(run_id, status="FINISHED")
+    client = space.tracker.client
     epochs = sorted(client.get_metric_history(run_id, "epoch_seconds"), key=lambda m: m.step)
     steps = max(m.value for m in client.get_metric_history(run_id, "step"))
     top1 = client.get_metric_history(run_id, "val_top1")

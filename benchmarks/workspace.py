@@ -15,13 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.config import DataConfig, OncallConfig, load_config
-from pipelines.contract.text import TextBuilder
 from pipelines.data.sample.generator import SampleSpec, generate_archive, read_manifest
 from pipelines.model.artifact import LabelSet, save_classifier
 from pipelines.model.base import build_preset_base, load_tokenizer
 from pipelines.model.classifier import build_classifier
 from pipelines.registry.packaging import CLASSIFIER_ARTIFACT, package_classifier
-from pipelines.registry.tracking import MODEL_ARTIFACT, ensure_experiment, tracking_client
+from pipelines.registry.tracking import MODEL_ARTIFACT, Tracker
 from pipelines.registry.versions import CHAMPION, Registry
 from pipelines.training.init_base import sample_ticket_texts
 
@@ -73,7 +72,7 @@ def prepare_workspace(
     if not (archive / "manifest.json").is_file():
         log.info("generating %d days × %d tickets under %s", spec.days, spec.tickets_per_day, archive)
         generate_archive(spec, archive, overwrite=True)
-    builder = TextBuilder.from_config(DataConfig())
+    builder = DataConfig().text_builder()
     base_dir = root / "bases" / base
     if not (base_dir / "config.json").is_file():
         texts = sample_ticket_texts(str(archive), builder, max_texts=20_000)
@@ -99,21 +98,21 @@ def _register_untrained(config: OncallConfig, registry: Registry, archive: Path,
     model = build_classifier(
         base_dir, len(labels), pad_token_id=tokenizer.pad_token_id, model_config=config.model
     )
-    client = tracking_client(config)
-    run_id = client.create_run(ensure_experiment(client, config, "benchmarks")).info.run_id
-    with tempfile.TemporaryDirectory(prefix="oncall-bench-") as staging:
+    with (
+        Tracker(config).run("benchmarks") as run,
+        tempfile.TemporaryDirectory(prefix="oncall-bench-") as staging,
+    ):
         model_dir = save_classifier(
             model,
             tokenizer,
             labels,
             Path(staging) / CLASSIFIER_ARTIFACT,
             base_dir=base_dir,
-            text=TextBuilder.from_config(config.data).settings(),
+            text=config.data.text_builder().settings(),
             max_length=config.model.max_length,
         )
         packaged = package_classifier(model_dir, Path(staging) / MODEL_ARTIFACT)
-        client.log_artifacts(run_id, str(packaged), MODEL_ARTIFACT)
-    client.set_terminated(run_id, status="FINISHED")
-    version = registry.register_run(run_id, alias=CHAMPION).version
+        run.artifacts(packaged, MODEL_ARTIFACT)
+    version = registry.register_run(run.run_id, alias=CHAMPION).version
     log.info("registered untrained classifier (%d tenants) as version %s (champion)", len(labels), version)
     return version

@@ -13,7 +13,6 @@ from pipelines.contract.columns import DAY_COLUMN, LABEL_COLUMN, REJECT_REASON_C
 
 log = logging.getLogger(__name__)
 
-# Columns kept after preparation (the rest of a ticket only matters through its text).
 # Ownership changes inside the training days (see ownership_changes).
 MIN_OWNER_SHARE = 0.6
 MIN_NEW_OWNER_DAYS = 2

@@ -11,12 +11,13 @@ import datetime as dt
 import logging
 import re
 from collections import Counter
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 import pandas as pd
 import ray.data
 
-from pipelines.contract.archive import PARTITION_KEY, check_archive, list_partitions, resolve
+from pipelines.contract.archive import PARTITION_KEY, Archive
 from pipelines.contract.columns import (
     DAY_COLUMN,
     LABEL_COLUMN,
@@ -86,17 +87,17 @@ def read_window(
 ) -> ray.data.Dataset:
     """Stream the window's partitions (footers checked first, so a bad file is named before
     any work starts) into prepared rows: ``PREPARED_COLUMNS``, invalid rows kept with a reason."""
-    partitions, problems = check_archive(archive_uri, since, until)
+    archive = Archive(archive_uri)
+    partitions, problems = archive.check(since, until)
     if problems:
         raise ArchiveError("the archive breaks the ticket contract:\n  " + "\n  ".join(map(str, problems)))
     if not partitions:
         window = f"between {since or 'the start'} and {until or 'the end'}"
         raise ArchiveError(f"archive {archive_uri} has no partitions {window}")
-    filesystem, _ = resolve(archive_uri)
     files = [path for partition in partitions for path in partition.files]
     log.info("reading %d file(s) of %d day(s) from %s", len(files), len(partitions), archive_uri)
     dataset = ray.data.read_parquet(
-        files, filesystem=filesystem, partitioning=None, include_paths=True, schema=TICKET_READ_SCHEMA
+        files, filesystem=archive.filesystem, partitioning=None, include_paths=True, schema=TICKET_READ_SCHEMA
     )
     return dataset.map_batches(
         PrepareTickets, fn_constructor_kwargs={"builder": builder}, batch_format="pandas"
@@ -144,13 +145,11 @@ def replay_sample(
     """About ``rows`` valid, labelled tickets drawn uniformly from the days before ``before``:
     trained on next to the new days, they keep stable tenants from being forgotten."""
     until = before - dt.timedelta(days=1)
-    if rows <= 0 or not list_partitions(archive_uri, until=until):
+    if rows <= 0 or not Archive(archive_uri).partitions(until=until):
         return None
-    labelled = (
+    labelled = valid_labelled(
         with_label_overrides(read_window(archive_uri, builder, None, until), overrides)
-        .filter(lambda row: row[REJECT_REASON_COLUMN] is None and row[LABEL_COLUMN] is not None)
-        .materialize()
-    )
+    ).materialize()
     available = labelled.count()
     if available == 0:
         return None
@@ -160,7 +159,7 @@ def replay_sample(
 
 def _day_of_path(path: str) -> dt.date:
     match = _DAY_IN_PATH.search(path)
-    if match is None:  # list_partitions only yields date=… paths
+    if match is None:  # Archive.partitions only yields date=… paths
         raise ArchiveError(f"{path} is not inside a {PARTITION_KEY}=YYYY-MM-DD partition")
     return dt.date.fromisoformat(match.group(1))
 
@@ -208,13 +207,27 @@ def train_labels(counts: pd.DataFrame, split: TimeSplit) -> LabelSet:
     return LabelSet.from_tenants(train_rows[LABEL_COLUMN])
 
 
-def held_out_rows(prepared: ray.data.Dataset, split: TimeSplit) -> pd.DataFrame:
-    """The test days' valid, labelled rows on the driver (small: a couple of days)."""
-    test_days = set(split.test)
+def valid_labelled(prepared: ray.data.Dataset, days: Collection[dt.date] | None = None) -> ray.data.Dataset:
+    """Prepared rows that are trained and evaluated on: no reject reason and a tenant label
+    (of ``days`` only, when given). The one place this row rule is written."""
+    day_set = None if days is None else frozenset(days)
     return prepared.filter(
         lambda row: (
-            row[DAY_COLUMN] in test_days
-            and row[REJECT_REASON_COLUMN] is None
+            row[REJECT_REASON_COLUMN] is None
             and row[LABEL_COLUMN] is not None
+            and (day_set is None or row[DAY_COLUMN] in day_set)
         )
-    ).to_pandas()
+    )
+
+
+def held_out_rows(prepared: ray.data.Dataset, split: TimeSplit) -> pd.DataFrame:
+    """The test days' valid, labelled rows on the driver (small: a couple of days)."""
+    return valid_labelled(prepared, split.test).to_pandas()
+
+
+def labelled_rows(
+    archive_uri: str, builder: TextBuilder, since: dt.date | None, until: dt.date | None
+) -> pd.DataFrame:
+    """Valid, labelled tickets of a window as model text, on the driver (keep windows small).
+    ``builder`` must be the classifier's own, so the text matches what it was trained on."""
+    return valid_labelled(read_window(archive_uri, builder, since, until)).to_pandas()

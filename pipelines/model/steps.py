@@ -56,8 +56,7 @@ def make_scheduler(
 
 @dataclass
 class StepOutput:
-    loss: float
-    examples: int
+    loss: float  # of the micro-batch, before ``loss_scale``
 
 
 def training_step(
@@ -76,7 +75,7 @@ def training_step(
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     loss = F.cross_entropy(logits.float(), batch["labels"], weight=weights)
     (loss * loss_scale).backward()
-    return StepOutput(loss=float(loss.detach()), examples=int(batch["labels"].shape[0]))
+    return StepOutput(loss=float(loss.detach()))
 
 
 def optimizer_step(
@@ -84,13 +83,12 @@ def optimizer_step(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     max_grad_norm: float,
-) -> float:
-    """Clip, step, schedule, zero; returns the pre-clip gradient norm."""
-    norm = torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], max_grad_norm)
+) -> None:
+    """Clip, step, schedule, zero."""
+    torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], max_grad_norm)
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    return float(norm)
 
 
 @torch.inference_mode()

@@ -6,7 +6,7 @@ import logging
 from collections.abc import Iterator
 from pathlib import Path
 
-from pipelines.contract.archive import list_partitions, read_partition_file, resolve
+from pipelines.contract.archive import Archive
 from pipelines.contract.rows import split_valid_rows
 from pipelines.contract.text import TextBuilder
 from pipelines.errors import ArchiveError
@@ -17,13 +17,13 @@ log = logging.getLogger(__name__)
 
 def sample_ticket_texts(archive_uri: str, builder: TextBuilder, max_texts: int) -> Iterator[str]:
     """Model texts of valid tickets spread evenly over the archive's days, at most ``max_texts``."""
-    filesystem, _ = resolve(archive_uri)
-    files = [path for partition in list_partitions(archive_uri) for path in partition.files]
+    archive = Archive(archive_uri)
+    files = [path for partition in archive.partitions() for path in partition.files]
     if not files:
         raise ArchiveError(f"archive {archive_uri} holds no date=YYYY-MM-DD/*.parquet files")
     per_file = max(1, max_texts // len(files))
     for path in files:
-        valid, _ = split_valid_rows(read_partition_file(path, filesystem).to_pandas())
+        valid, _ = split_valid_rows(archive.read_file(path).to_pandas())
         if len(valid) > per_file:
             valid = valid.sample(per_file, random_state=0)
         yield from builder.build_many(valid)

@@ -1,23 +1,25 @@
 """``train``: Ray Data → Ray Train (TorchTrainer, LoRA) → evaluation, tracked in one MLflow run.
 
-The driver prepares data and the MLflow run; workers run :func:`train_loop`, logging to MLflow
-from rank 0 only (Train v2 has no MLflow callback); the driver then rebuilds the model from the
-last checkpoint, evaluates it on the test days and logs the classifier directory.
+``train`` = ``prepare_window`` (read, label, split, tokenize) → ``fit`` (workers run
+:func:`~pipelines.training.loop.train_loop`, rank 0 logging into the run) → ``publish`` (the
+classifier rebuilt from the last checkpoint, evaluated on the test days, packaged and logged),
+then registration when asked. The run ends ``FINISHED`` before the version is registered.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import json
 import logging
 import math
 import os
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import ray.data
 import ray.train
@@ -26,6 +28,7 @@ import torch
 from safetensors.torch import load_file
 
 from pipelines.config import OncallConfig
+from pipelines.contract.days import DayWindow
 from pipelines.contract.text import TextBuilder
 from pipelines.data.ownership import without_stale_ownership
 from pipelines.data.tokenize import tokenized_splits
@@ -41,17 +44,18 @@ from pipelines.data.window import (
     with_label_overrides,
 )
 from pipelines.errors import ConfigError, ModelError
-from pipelines.jobs.ray_runtime import ray_session
+from pipelines.evaluation.job import log_evaluation, score_rows
+from pipelines.evaluation.metrics import Evaluation
+from pipelines.faults import Faults
 from pipelines.model.artifact import CLASSIFIER_DESCRIPTOR, LabelSet, save_classifier, saved_trainable_state
 from pipelines.model.base import PRESETS, load_tokenizer
 from pipelines.model.classifier import build_classifier, load_trainable_state
 from pipelines.model.inference import TicketClassifier
-from pipelines.training.loop import CHECKPOINT_PROGRESS, CHECKPOINT_STATE, FaultInjection, train_loop
-
-# Every Ray Train worker imports this module to unpickle train_loop: modules that only the
-# driver needs (MLflow, scikit-learn: ~1 s of imports per worker here) are imported where used.
-if TYPE_CHECKING:
-    from pipelines.evaluation.metrics import Evaluation
+from pipelines.ray_runtime import ray_session
+from pipelines.registry.packaging import CLASSIFIER_ARTIFACT, package_classifier
+from pipelines.registry.tracking import EVALUATION_ARTIFACT, MODEL_ARTIFACT, RunLog, Tracker
+from pipelines.registry.versions import Registry, window_params
+from pipelines.training.loop import CHECKPOINT_PROGRESS, CHECKPOINT_STATE, LoopConfig, train_loop
 
 log = logging.getLogger(__name__)
 # Train v2's controller polls its workers every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (2 s by
@@ -68,7 +72,7 @@ class TrainRequest:
     base_dir: Path
     since: dt.date | None = None
     until: dt.date | None = None
-    fault: FaultInjection | None = None
+    faults: Faults = field(default_factory=Faults)  # tests only: `train.worker_exit`
     register: bool = True  # register the classifier as a new version with alias `challenger`
     # Incremental training: start from this classifier directory (same base), keep its tenants'
     # ids and grow the head for new ones.
@@ -90,8 +94,6 @@ class TrainResult:
 
     @property
     def model_uri(self) -> str:
-        from pipelines.registry.tracking import MODEL_ARTIFACT
-
         return f"runs:/{self.run_id}/{MODEL_ARTIFACT}"
 
     @property
@@ -106,6 +108,28 @@ class TrainResult:
             "coverage_at_threshold",
         )
         return {k: self.evaluation.metrics[k] for k in keys if k in self.evaluation.metrics}
+
+
+@dataclass(frozen=True)
+class PreparedWindow:
+    """What :func:`prepare_window` made of the window: everything ``fit`` and ``publish`` need."""
+
+    rows: ray.data.Dataset  # prepared rows, valid and rejected (materialized)
+    split: TimeSplit
+    labels: LabelSet
+    stats: WindowStats
+    tokenized: dict[str, ray.data.Dataset]  # train / validation / test
+    builder: TextBuilder
+    tokenizer: Any  # the base's tokenizer, saved with the classifier
+    # Warm start: the previous classifier's trainable state, whose head knew `known_labels`.
+    initial_state: dict[str, torch.Tensor] | None = None
+    known_labels: int = 0
+
+
+@dataclass(frozen=True)
+class Published:
+    evaluation: Evaluation  # on the test days
+    progress: dict[str, Any]  # of the last checkpoint (epoch, step, resumed_from_step)
 
 
 def resolve_base(config: OncallConfig, base: str | None = None) -> Path:
@@ -126,53 +150,50 @@ def train(config: OncallConfig, request: TrainRequest) -> TrainResult:
     """Train, evaluate and log one classifier; returns once the MLflow run is finished."""
     # Workers do not share the driver's working directory: every local path must be absolute.
     request = dataclasses.replace(request, base_dir=request.base_dir.resolve())
+    tracker = Tracker(config)
     with ray_session():
-        return _train(config, request)
-
-
-def _train(config: OncallConfig, request: TrainRequest) -> TrainResult:
-    from pipelines.evaluation.job import log_evaluation, score_rows
-    from pipelines.registry.packaging import CLASSIFIER_ARTIFACT, package_classifier
-    from pipelines.registry.tracking import (
-        EVALUATION_ARTIFACT,
-        MODEL_ARTIFACT,
-        ensure_experiment,
-        tracking_client,
-    )
-    from pipelines.registry.versions import Registry
-
-    if config.train.use_gpu and ray.cluster_resources().get("GPU", 0) <= 0:
-        raise ConfigError("train.use_gpu is set (--gpu) but the Ray cluster has no GPUs")
-    builder = TextBuilder.from_config(config.data)
-    tokenizer = load_tokenizer(request.base_dir, max_length=config.model.max_length)
-    client = tracking_client(config)
-    experiment_id = ensure_experiment(client, config, config.registry.experiment)
-
-    prepared = with_label_overrides(
-        read_window(request.archive_uri, builder, request.since, request.until), request.label_overrides
-    )
-    replay = (
-        replay_sample(
-            request.archive_uri,
-            builder,
-            request.since,
-            request.replay_rows,
-            request.label_overrides,
-            config.train.seed,
+        if config.train.use_gpu and ray.cluster_resources().get("GPU", 0) <= 0:
+            raise ConfigError("train.use_gpu is set (--gpu) but the Ray cluster has no GPUs")
+        # Datasets
+        window = prepare_window(config, request)
+        run_name = f"train-{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}"
+        with tracker.run(config.registry.experiment, run_name=run_name, tags=request.run_tags) as run:
+            _log_inputs(run, config, request, window)
+            # Training
+            checkpoint = fit(config, request, window, run)
+            # Evaluation and the logged classifier
+            published = publish(config, request, window, checkpoint, run)
+        # Registration (of the finished run)
+        version = (
+            Registry(config, tracker.client).register_run(run.run_id).version if request.register else None
         )
-        if request.since
-        else None
+    return TrainResult(
+        run.run_id,
+        window.labels,
+        window.split,
+        window.stats,
+        published.evaluation,
+        published.progress,
+        version,
     )
-    prepared = (prepared.union(replay) if replay is not None else prepared).materialize()
-    counts = count_window(prepared)
+
+
+def prepare_window(config: OncallConfig, request: TrainRequest) -> PreparedWindow:
+    """The window's rows (with feedback labels and replayed tickets), its time split, labels
+    (grown from the warm start's), counts, and the tokenized splits."""
+    builder = config.data.text_builder()
+    tokenizer = load_tokenizer(request.base_dir, max_length=config.model.max_length)
+    # Rows
+    rows = _read_rows(config, request, builder)
+    counts = count_window(rows)
     split = TimeSplit.from_days(
         sorted(counts["day"].unique()), config.data.validation_days, config.data.test_days
     )
-    marked = without_stale_ownership(prepared, split.train)
-    if marked is not prepared:  # some tickets are now counted as stale: count again
-        prepared, counts = marked, count_window(marked)
-    labels = train_labels(counts, split)
-    initial_state, known_labels = None, 0
+    marked = without_stale_ownership(rows, split.train)
+    if marked is not rows:  # some tickets are now counted as stale: count again
+        rows, counts = marked, count_window(marked)
+    # Labels
+    labels, initial_state, known_labels = train_labels(counts, split), None, 0
     if request.warm_start is not None:
         initial_state, previous_labels = saved_trainable_state(request.warm_start, request.base_dir)
         labels, known_labels = previous_labels.extended(labels.tenants), len(previous_labels)
@@ -193,56 +214,85 @@ def _train(config: OncallConfig, request: TrainRequest) -> TrainResult:
         len(labels),
         dict(stats.labelled),
     )
-    datasets = tokenized_splits(prepared, split, labels, request.base_dir, config.model.max_length)
-
-    run = client.create_run(
-        experiment_id, run_name=f"train-{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}", tags=request.run_tags
+    # Tokens (train / validation / test)
+    return PreparedWindow(
+        rows=rows,
+        split=split,
+        labels=labels,
+        stats=stats,
+        tokenized=tokenized_splits(rows, split, labels, request.base_dir, config.model.max_length),
+        builder=builder,
+        tokenizer=tokenizer,
+        initial_state=initial_state,
+        known_labels=known_labels,
     )
-    run_id = run.info.run_id
-    try:
-        _log_inputs(client, run_id, config, request, split, labels, stats)
-        loop_config = build_loop_config(
-            config,
-            request,
-            labels,
-            stats,
-            pad_token_id=tokenizer.pad_token_id,
-            run_id=run_id,
-            initial_state=initial_state,
-            known_labels=known_labels,
+
+
+def _read_rows(config: OncallConfig, request: TrainRequest, builder: TextBuilder) -> ray.data.Dataset:
+    """The window's prepared rows, feedback labels applied, plus the replayed earlier tickets."""
+    rows = with_label_overrides(
+        read_window(request.archive_uri, builder, request.since, request.until), request.label_overrides
+    )
+    if request.since:
+        replay = replay_sample(
+            request.archive_uri,
+            builder,
+            request.since,
+            request.replay_rows,
+            request.label_overrides,
+            config.train.seed,
         )
-        trainer = build_trainer(
-            config,
-            loop_config,
-            {"train": datasets["train"], "validation": datasets["validation"]},
-            name=f"train-{run_id}",
+        rows = rows.union(replay) if replay is not None else rows
+    return rows.materialize()
+
+
+def fit(
+    config: OncallConfig, request: TrainRequest, window: PreparedWindow, run: RunLog
+) -> ray.train.Checkpoint:
+    """The TorchTrainer run over the tokenized train/validation splits; its last checkpoint."""
+    loop_config = build_loop_config(
+        config,
+        request,
+        window.labels,
+        window.stats,
+        pad_token_id=window.tokenizer.pad_token_id,
+        run_id=run.run_id,
+        initial_state=window.initial_state,
+        known_labels=window.known_labels,
+    )
+    datasets = {"train": window.tokenized["train"], "validation": window.tokenized["validation"]}
+    trainer = build_trainer(config, loop_config, datasets, name=f"train-{run.run_id}")
+    started = time.monotonic()
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise ModelError(f"training finished without a checkpoint (error: {result.error})")
+    run.metrics({"train_seconds": time.monotonic() - started})
+    return result.checkpoint
+
+
+def publish(
+    config: OncallConfig,
+    request: TrainRequest,
+    window: PreparedWindow,
+    checkpoint: ray.train.Checkpoint,
+    run: RunLog,
+) -> Published:
+    """The classifier directory from ``checkpoint``, its evaluation on the test days (logged,
+    and its abstain threshold written into the directory), packaged and logged to ``run``."""
+    with tempfile.TemporaryDirectory(prefix="oncall-train-") as staging:
+        # Checkpoint → classifier directory
+        model_dir = Path(staging) / CLASSIFIER_ARTIFACT
+        progress = _classifier_from_checkpoint(checkpoint, model_dir, config, request, window)
+        # Evaluation
+        evaluation, _ = score_rows(
+            TicketClassifier.from_dir(model_dir), held_out_rows(window.rows, window.split), config
         )
-        started = time.monotonic()
-        result = trainer.fit()
-        if result.checkpoint is None:
-            raise ModelError(f"training finished without a checkpoint (error: {result.error})")
-        client.log_metric(run_id, "train_seconds", time.monotonic() - started)
-        with tempfile.TemporaryDirectory(prefix="oncall-train-") as staging:
-            model_dir = Path(staging) / CLASSIFIER_ARTIFACT
-            progress = _classifier_from_checkpoint(
-                result.checkpoint, model_dir, config, request, labels, tokenizer, builder, split
-            )
-            evaluation, _ = score_rows(
-                TicketClassifier.from_dir(model_dir), held_out_rows(prepared, split), config
-            )
-            _write_descriptor_fields(
-                model_dir, {"abstain_threshold": evaluation.metrics["abstain_threshold"]}
-            )
-            log_evaluation(client, run_id, evaluation, "test", EVALUATION_ARTIFACT)
-            (model_dir / "metrics.json").write_text(json.dumps(evaluation.metrics, indent=2) + "\n")
-            packaged = package_classifier(model_dir, Path(staging) / MODEL_ARTIFACT)
-            client.log_artifacts(run_id, str(packaged), MODEL_ARTIFACT)
-        client.set_terminated(run_id, status="FINISHED")
-    except BaseException:
-        client.set_terminated(run_id, status="FAILED")
-        raise
-    version = Registry(config, client).register_run(run_id).version if request.register else None
-    return TrainResult(run_id, labels, split, stats, evaluation, progress, version)
+        _write_descriptor_fields(model_dir, {"abstain_threshold": evaluation.metrics["abstain_threshold"]})
+        log_evaluation(run, evaluation, "test", EVALUATION_ARTIFACT)
+        (model_dir / "metrics.json").write_text(json.dumps(evaluation.metrics, indent=2) + "\n")
+        # Package
+        run.artifacts(package_classifier(model_dir, Path(staging) / MODEL_ARTIFACT), MODEL_ARTIFACT)
+    return Published(evaluation, progress)
 
 
 def build_loop_config(
@@ -255,29 +305,29 @@ def build_loop_config(
     run_id: str,
     initial_state: dict[str, torch.Tensor] | None = None,
     known_labels: int = 0,
-) -> dict[str, Any]:
-    """What :func:`train_loop` gets on every worker (plain values: it is sent to the workers)."""
+) -> LoopConfig:
+    """What :func:`train_loop` gets on every worker."""
     examples_per_step = config.train.batch_size * config.train.workers * config.train.grad_accum_steps
     steps_per_epoch = max(1, math.ceil(stats.labelled["train"] / examples_per_step))
-    return {
-        "base_dir": str(request.base_dir),
-        "num_labels": len(labels),
-        "pad_token_id": pad_token_id,
-        "model": config.model.model_dump(),
-        "train": config.train.model_dump(),
-        "class_counts": [stats.train_tenant_counts[t] for t in labels.tenants],
-        "total_steps": steps_per_epoch * config.train.epochs,
-        "tracking_uri": config.tracking_uri,
-        "run_id": run_id,
-        "fault": asdict(request.fault) if request.fault else None,
-        "initial_state": initial_state,
-        "known_labels": known_labels,
-    }
+    return LoopConfig(
+        base_dir=request.base_dir,
+        num_labels=len(labels),
+        pad_token_id=pad_token_id,
+        model=config.model.model_copy(deep=True),
+        train=config.train.model_copy(deep=True),
+        class_counts=tuple(stats.train_tenant_counts[t] for t in labels.tenants),
+        total_steps=steps_per_epoch * config.train.epochs,
+        tracking_uri=config.tracking_uri,
+        run_id=run_id,
+        faults=request.faults,
+        initial_state=initial_state,
+        known_labels=known_labels,
+    )
 
 
 def build_trainer(
     config: OncallConfig,
-    loop_config: dict[str, Any],
+    loop_config: LoopConfig,
     datasets: dict[str, ray.data.Dataset],
     *,
     name: str,
@@ -286,8 +336,9 @@ def build_trainer(
     workers, "validation" is read whole by rank 0); checkpoints under ``config.ray_storage_dir``."""
     os.environ.setdefault(HEALTH_CHECK_INTERVAL_ENV, HEALTH_CHECK_INTERVAL_S)
     return ray.train.torch.TorchTrainer(
-        train_loop,
-        train_loop_config=loop_config,
+        # Bound here, not passed as train_loop_config: Train v2 keeps that as a JSON dict (run
+        # state export), and the loop takes a typed LoopConfig.
+        functools.partial(train_loop, loop_config),
         scaling_config=ray.train.ScalingConfig(
             num_workers=config.train.workers,
             use_gpu=config.train.use_gpu,
@@ -307,44 +358,32 @@ def build_trainer(
     )
 
 
-def _log_inputs(
-    client: Any,
-    run_id: str,
-    config: OncallConfig,
-    request: TrainRequest,
-    split: TimeSplit,
-    labels: LabelSet,
-    stats: WindowStats,
-) -> None:
-    from pipelines.registry.tracking import flatten_params
-
-    params = flatten_params(
-        "",
+def _log_inputs(run: RunLog, config: OncallConfig, request: TrainRequest, window: PreparedWindow) -> None:
+    """Config, window and request as params; the window's counts as metrics; the labels file."""
+    split = window.split
+    run.params(
         {
             "model": config.model.model_dump(),
             "train": config.train.model_dump(),
             "data": config.data.model_dump(),
-        },
+        }
     )
-    params.update(
+    run.params(
         {
             "archive": request.archive_uri,
             "base": str(request.base_dir),
-            "window.train": f"{split.train[0]}..{split.train[-1]}",
-            "window.validation": f"{split.validation[0]}..{split.validation[-1]}",
-            "window.test": f"{split.test[0]}..{split.test[-1]}",
-            "num_labels": str(len(labels)),
+            **window_params(
+                DayWindow.of(split.train), DayWindow.of(split.validation), DayWindow.of(split.test)
+            ),
+            "num_labels": str(len(window.labels)),
             "warm_start": str(request.warm_start or ""),
             "replay_rows": str(request.replay_rows),
             "label_overrides": str(len(request.label_overrides)),
         }
     )
-    for name, value in params.items():
-        client.log_param(run_id, name, value)
-    for name, value in stats.as_metrics().items():
-        client.log_metric(run_id, name, float(value))
+    run.metrics(window.stats.as_metrics())
     with tempfile.TemporaryDirectory() as folder:
-        client.log_artifact(run_id, str(labels.save(Path(folder))))
+        run.artifact(window.labels.save(Path(folder)))
 
 
 def _classifier_from_checkpoint(
@@ -352,25 +391,27 @@ def _classifier_from_checkpoint(
     out: Path,
     config: OncallConfig,
     request: TrainRequest,
-    labels: LabelSet,
-    tokenizer: Any,
-    builder: TextBuilder,
-    split: TimeSplit,
+    window: PreparedWindow,
 ) -> dict[str, Any]:
-    """Rebuild the trained classifier from the last checkpoint and save it as a classifier dir."""
+    """Rebuild the trained classifier from the last checkpoint and save it as a classifier dir;
+    returns the checkpoint's progress."""
     model = build_classifier(
-        request.base_dir, len(labels), pad_token_id=tokenizer.pad_token_id, model_config=config.model
+        request.base_dir,
+        len(window.labels),
+        pad_token_id=window.tokenizer.pad_token_id,
+        model_config=config.model,
     )
     with checkpoint.as_directory() as folder:
         load_trainable_state(model, load_file(Path(folder) / CHECKPOINT_STATE))
         progress = json.loads((Path(folder) / CHECKPOINT_PROGRESS).read_text())
+    split = window.split
     save_classifier(
         model,
-        tokenizer,
-        labels,
+        window.tokenizer,
+        window.labels,
         out,
         base_dir=request.base_dir,
-        text=builder.settings(),
+        text=window.builder.settings(),
         max_length=config.model.max_length,
         extra={
             "window": {

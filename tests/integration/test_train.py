@@ -15,11 +15,11 @@ from mlflow.tracking import MlflowClient
 
 from pipelines.config import OncallConfig
 from pipelines.evaluation.job import score_rows
+from pipelines.faults import Faults
 from pipelines.model.artifact import LabelSet
 from pipelines.model.inference import TicketClassifier
 from pipelines.registry.packaging import classifier_in
 from pipelines.training.job import TrainRequest, TrainResult, train
-from pipelines.training.loop import FaultInjection
 from tests.conftest import small_config
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
@@ -88,7 +88,7 @@ def test_mlflow_run_holds_params_metrics_and_artifacts(
 def test_logged_model_reproduces_the_logged_evaluation(
     trained_run: tuple[OncallConfig, TrainResult], small_archive: tuple[Path, dict], tmp_path: Path
 ) -> None:
-    from pipelines.evaluation.job import labelled_rows
+    from pipelines.data.window import labelled_rows
 
     config, result = trained_run
     model_dir = classifier_in(
@@ -133,8 +133,8 @@ def test_two_workers_resume_after_a_worker_dies(
     )
     steps_per_epoch = math.ceil(trained_run[1].stats.labelled["train"] / (32 * 2))
     marker = tmp_path / "fault-fired"
-    fault = FaultInjection(at_step=steps_per_epoch + 2, marker=marker)
-    result = train(config, TrainRequest(archive_uri=str(small_archive[0]), base_dir=tiny_base, fault=fault))
+    faults = Faults.at("train.worker_exit", at_step=steps_per_epoch + 2, marker=marker)
+    result = train(config, TrainRequest(archive_uri=str(small_archive[0]), base_dir=tiny_base, faults=faults))
     assert marker.is_file()  # a worker really died
     assert result.progress["resumed_from_step"] == steps_per_epoch  # from the epoch-1 checkpoint, not step 0
     assert result.progress["step"] == 2 * steps_per_epoch  # no step ran twice into the count
