@@ -10,13 +10,13 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from pipelines.config import load_config
-from pipelines.model.inference import TicketClassifier
+from pipelines.registry.versions import Registry
 from serve.contract import ModelRef, RouteResult, TenantScore, TicketIn
 
 
 def create_app() -> FastAPI:
     config = load_config()
-    classifier = TicketClassifier.from_registry(config, alias=config.serve.alias)
+    classifier = Registry(config).load_classifier(alias=config.serve.alias)
     model = ModelRef(name=config.registry.model_name, version=classifier.version or "")
     app = FastAPI(title="plain FastAPI baseline")
 

@@ -27,7 +27,7 @@ import torch
 
 from benchmarks.report import Report, publish
 from benchmarks.workspace import Workspace, prepare_workspace
-from pipelines.contract.archive import list_partitions
+from pipelines.contract.archive import Archive
 from pipelines.contract.rows import split_valid_rows
 from pipelines.contract.text import TextBuilder
 from pipelines.data.sample.generator import SampleSpec
@@ -59,7 +59,7 @@ def naive(
     builder = TextBuilder.from_settings(descriptor["text"])
     tenants = np.array(labels.tenants)
     rows = 0
-    for partition in list_partitions(str(workspace.archive)):
+    for partition in Archive(str(workspace.archive)).partitions():
         if not since <= partition.day <= until:
             continue
         frame, _ = split_valid_rows(pd.concat(pd.read_parquet(path) for path in partition.files))
@@ -94,7 +94,7 @@ def token_lengths(workspace: Workspace, sample: int = 2000) -> np.ndarray:
     with tempfile.TemporaryDirectory() as folder:
         model_dir = registry.download(registry.get(version=workspace.version), Path(folder))
         _, tokenizer, _, descriptor = load_classifier(model_dir)
-    first = list_partitions(str(workspace.archive))[0]
+    first = Archive(str(workspace.archive)).partitions()[0]
     frame, _ = split_valid_rows(pd.concat(pd.read_parquet(path) for path in first.files).head(sample))
     texts = TextBuilder.from_settings(descriptor["text"]).build_many(frame)
     encoded = tokenizer(texts, truncation=True, max_length=descriptor["max_length"])["input_ids"]

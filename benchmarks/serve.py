@@ -28,7 +28,7 @@ import requests
 from benchmarks.load import LoadResult, run_load
 from benchmarks.report import Report, alternate, median, publish
 from benchmarks.workspace import BASES, Workspace, prepare_workspace
-from pipelines.contract.archive import list_partitions
+from pipelines.contract.archive import Archive
 from pipelines.data.sample.generator import SampleSpec
 from serve.contract import TicketIn
 
@@ -163,7 +163,7 @@ def _stop(process: subprocess.Popen, timeout_s: float = 60.0) -> None:
 
 def ticket_bodies(workspace: Workspace, limit: int = 2000) -> list[dict[str, Any]]:
     """Request bodies: real archive tickets, contract fields only."""
-    first = list_partitions(str(workspace.archive))[0]
+    first = Archive(str(workspace.archive)).partitions()[0]
     frame = pd.concat(pd.read_parquet(path) for path in first.files).head(limit)
     bodies = frame[list(TICKET_FIELDS)].astype(object).where(frame[list(TICKET_FIELDS)].notna(), None)
     return [{k: v for k, v in row.items() if v is not None} for row in bodies.to_dict("records")]
@@ -180,8 +180,8 @@ def in_process_rows(workspace: Workspace, bodies: Sequence[Mapping[str, Any]], r
     torch.set_num_threads(1)
     registry = Registry(workspace.config)
     ref = registry.get(version=workspace.version)
-    merged = TicketClassifier.from_version(registry, ref)
-    unmerged = TicketClassifier.from_version(registry, ref, merge=False)
+    merged = registry.load_classifier(ref)
+    unmerged = registry.load_classifier(ref, merge=False)
 
     def timing(classifier: TicketClassifier, size: int) -> Callable[[], dict[str, float]]:
         def run() -> dict[str, float]:

@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import logging
 import socket
 from pathlib import Path
 from typing import Any
@@ -18,8 +17,6 @@ from pipelines.config import OncallConfig, load_config
 from pipelines.errors import ConfigError
 from serve.ingress import RouterIngress
 from serve.router_model import ReplicaSettings, TicketRouterModel
-
-log = logging.getLogger(__name__)
 
 APP_NAME = "oncall-router"
 MODEL_DEPLOYMENT = "TicketRouterModel"  # names that serve_config.yaml's overrides refer to

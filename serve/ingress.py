@@ -4,7 +4,6 @@ replicas through a ``DeploymentHandle``, so the two scale separately (e.g. CPU i
 
 import asyncio
 import hmac
-import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -29,8 +28,6 @@ from serve.contract import (
 )
 from serve.metrics import ingress_metrics
 from serve.router_model import ModelNotReadyError
-
-log = logging.getLogger(__name__)
 
 NOT_READY_RETRY_AFTER_S = 5
 ROUTES = ("/v1/route", "/v1/route/batch", "/v1/feedback", "/v1/model", "/healthz", "/readyz")

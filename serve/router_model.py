@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
 from pipelines.config import OncallConfig, ServeConfig
-from pipelines.model.inference import Prediction, TicketClassifier
+from pipelines.predict import Prediction, TicketClassifier
 from pipelines.registry.versions import Registry, VersionRef
 from serve.metrics import model_metrics
 
@@ -95,9 +95,7 @@ class TicketRouterModel:
             if current is not None and current.ref.version == ref.version:
                 return
             log.info("loading %s version %s (alias '%s')", ref.name, ref.version, alias)
-            classifier = TicketClassifier.from_version(
-                self._registry, ref, batch_size=self._settings.max_batch_size
-            )
+            classifier = self._registry.load_classifier(ref, batch_size=self._settings.max_batch_size)
             self._loaded = LoadedVersion(classifier, ref, alias, dt.datetime.now(dt.UTC))
             self._metrics.version.set(float(ref.version))
             log.info(
@@ -128,16 +126,7 @@ class TicketRouterModel:
         predictions = await asyncio.to_thread(loaded.classifier.predict, tickets, self._settings.top_k)
         self._record(loaded, predictions)
         model = {"name": loaded.ref.name, "version": loaded.ref.version}
-        return [
-            {
-                "tenant": p.tenant,
-                "confidence": p.confidence,
-                "top_k": [{"tenant": tenant, "score": score} for tenant, score in p.top_k],
-                "abstain": p.abstain,
-                "model": model,
-            }
-            for p in predictions
-        ]
+        return [{**p.as_record(), "model": model} for p in predictions]
 
     def info(self) -> dict[str, Any]:
         loaded = self._require()
@@ -146,7 +135,7 @@ class TicketRouterModel:
             "version": loaded.ref.version,
             "alias": loaded.alias,
             "tenants": len(loaded.classifier.labels),
-            "trained_window": loaded.ref.tags.get("window.train", ""),
+            "trained_window": str(loaded.ref.train_window or ""),
             "abstain_threshold": loaded.classifier.abstain_threshold,
             "loaded_at": loaded.loaded_at.isoformat(),
         }

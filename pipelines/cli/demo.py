@@ -21,15 +21,15 @@ from typing import Any
 import pandas as pd
 
 from pipelines.config import OncallConfig
-from pipelines.contract.archive import list_partitions, read_partition_file, resolve
+from pipelines.contract.archive import Archive
 from pipelines.contract.columns import LABEL_COLUMN, TEXT_COLUMNS
-from pipelines.contract.text import TextBuilder
 from pipelines.data.sample.generator import MANIFEST_NAME, SampleSpec, generate_archive, read_manifest
+from pipelines.errors import ModelError
 from pipelines.inference.rescore import RescoreRequest, rescore
 from pipelines.inference.summary import RescoreSummary
 from pipelines.jobs.nightly import NightlyRequest, NightlySummary, run_nightly
-from pipelines.jobs.ray_runtime import ray_session, serve_environment
 from pipelines.model.base import BASE_DESCRIPTOR
+from pipelines.ray_runtime import ray_session, serve_environment
 from pipelines.registry.promotion import Decision, promote
 from pipelines.registry.versions import CHAMPION, Registry, VersionRef
 from pipelines.training.init_base import init_base
@@ -145,7 +145,7 @@ def _ensure_base(config: OncallConfig, archive: Path, regenerated: bool) -> Path
         DEMO_PRESET,
         str(archive),
         base,
-        TextBuilder.from_config(config.data),
+        config.data.text_builder(),
         vocab_size=config.model.tokenizer_vocab_size,
         max_length=config.model.max_length,
         overwrite=True,
@@ -159,8 +159,8 @@ def _first_champion(
     registry = Registry(config)
     first = registry.alias_or_none(CHAMPION)
     if first is not None:
-        while first.tags.get("gate.champion"):  # back to the version the nightly runs started from
-            first = registry.get(version=first.tags["gate.champion"])
+        while first.gate is not None and first.gate.champion:  # back to where the nightly runs started
+            first = registry.get(version=first.gate.champion)
         log.info("reusing version %s from an earlier run as the first champion", first.version)
         return first, None, None
     log.info("training on %s … %s", since, until)
@@ -176,17 +176,20 @@ def _changed_tickets(
 ) -> pd.DataFrame:
     """Held-out tickets of the last test days whose owner the first champion cannot know (a new
     tenant, a service that moved) and the nightly run can learn, plus a few stable ones."""
-    trained_until = dt.date.fromisoformat(first.tags["window.train"].split("..")[-1])
+    window = first.train_window
+    if window is None:
+        raise ModelError(f"version {first.version} records no training days (tag window.train)")
+    trained_until = window.last
     held_out = config.data.test_days
     learnable_until = last_day - dt.timedelta(days=held_out + config.data.validation_days)
 
     def learnable(change: dict[str, Any]) -> bool:
         return trained_until < dt.date.fromisoformat(change["date"]) <= learnable_until
 
-    filesystem, _ = resolve(str(archive))
-    days = list_partitions(str(archive), last_day - dt.timedelta(days=held_out - 1), last_day)
+    tickets = Archive(str(archive))
+    days = tickets.partitions(last_day - dt.timedelta(days=held_out - 1), last_day)
     rows = pd.concat(
-        [read_partition_file(path, filesystem).to_pandas() for day in days for path in day.files],
+        [tickets.read_file(path).to_pandas() for day in days for path in day.files],
         ignore_index=True,
     ).dropna(subset=[LABEL_COLUMN])
     new_tenants = {t["tenant"] for t in manifest["new_tenants"] if learnable(t)}

@@ -1,8 +1,5 @@
-"""The ticket contract: columns, types, row rules, and the one place a ticket becomes model text.
-
-Training, serving and rescoring all call :class:`TextBuilder`, so a ticket gets the same text
-(and therefore the same score) on every path.
-"""
+"""The ticket contract's rows: the Arrow schemas, schema checks of a file, and the row rules
+(a rejected row keeps its reason: rows are counted and kept, never silently dropped)."""
 
 from __future__ import annotations
 
@@ -35,7 +32,6 @@ TICKET_SCHEMA = pa.schema(
         pa.field(LABEL_COLUMN, pa.string()),
     ]
 )
-TICKET_COLUMNS: tuple[str, ...] = tuple(TICKET_SCHEMA.names)
 # What readers cast every file to: the same columns, nullability left to the row rules.
 TICKET_READ_SCHEMA = pa.schema([pa.field(f.name, f.type) for f in TICKET_SCHEMA])
 

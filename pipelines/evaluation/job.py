@@ -7,30 +7,24 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import logging
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from mlflow.artifacts import download_artifacts
-from mlflow.tracking import MlflowClient
 
 from pipelines.config import OncallConfig
-from pipelines.contract.columns import DAY_COLUMN, LABEL_COLUMN, REJECT_REASON_COLUMN, TEXT_COLUMN
-from pipelines.contract.text import TextBuilder
-from pipelines.data.window import read_window
+from pipelines.contract.columns import DAY_COLUMN, LABEL_COLUMN, TEXT_COLUMN
+from pipelines.data.window import labelled_rows
 from pipelines.errors import ModelError
 from pipelines.evaluation.metrics import Evaluation, evaluate_scores
 from pipelines.evaluation.report import write_report
-from pipelines.jobs.ray_runtime import ray_session
 from pipelines.model.artifact import LabelSet, read_classifier_descriptor
 from pipelines.model.inference import TicketClassifier
-from pipelines.registry.packaging import classifier_in
-from pipelines.registry.tracking import EVALUATION_ARTIFACT, MODEL_ARTIFACT, tracking_client
-
-log = logging.getLogger(__name__)
+from pipelines.ray_runtime import ray_session
+from pipelines.registry.tracking import EVALUATION_ARTIFACT, RunLog, Tracker
+from pipelines.registry.versions import Registry
 
 
 def score_rows(
@@ -55,27 +49,13 @@ def score_rows(
     return evaluation, len(rows) - len(known)
 
 
-def log_evaluation(
-    client: MlflowClient, run_id: str, evaluation: Evaluation, prefix: str, artifact_path: str
-) -> None:
+def log_evaluation(run: RunLog, evaluation: Evaluation, prefix: str, artifact_path: str) -> None:
     """Metrics as ``<prefix>_<name>``; CSVs, plots and metrics.json under ``artifact_path``."""
-    for name, value in evaluation.metrics.items():
-        client.log_metric(run_id, f"{prefix}_{name}", float(value))
+    run.metrics({f"{prefix}_{name}": value for name, value in evaluation.metrics.items()})
     with tempfile.TemporaryDirectory() as folder:
         write_report(evaluation, Path(folder))
         (Path(folder) / "metrics.json").write_text(json.dumps(evaluation.metrics, indent=2) + "\n")
-        client.log_artifacts(run_id, folder, artifact_path)
-
-
-def labelled_rows(
-    archive_uri: str, builder: TextBuilder, since: dt.date | None, until: dt.date | None
-) -> pd.DataFrame:
-    """Valid, labelled tickets of a window as model text, on the driver (keep windows small).
-    ``builder`` must be the classifier's own, so the text matches what it was trained on."""
-    prepared = read_window(archive_uri, builder, since, until)
-    return prepared.filter(
-        lambda row: row[REJECT_REASON_COLUMN] is None and row[LABEL_COLUMN] is not None
-    ).to_pandas()
+        run.artifacts(Path(folder), artifact_path)
 
 
 def evaluate_run(
@@ -86,33 +66,21 @@ def evaluate_run(
     until: dt.date | None = None,
 ) -> tuple[Evaluation, dict[str, Any]]:
     """Evaluate run ``run_id``'s classifier on a window (default: the run's own test days)."""
-    client = tracking_client(config)
+    tracker = Tracker(config)
+    # Model: the run's classifier, and its test days unless a window is given.
     with tempfile.TemporaryDirectory() as folder:
-        try:
-            model_dir = classifier_in(
-                Path(
-                    download_artifacts(
-                        run_id=run_id,
-                        artifact_path=MODEL_ARTIFACT,
-                        dst_path=folder,
-                        tracking_uri=config.tracking_uri,
-                    )
-                )
-            )
-        except Exception as exc:  # MLflow raises several types for a missing run or artifact
-            raise ModelError(
-                f"run {run_id} has no '{MODEL_ARTIFACT}' artifact in {config.tracking_uri}: {exc}"
-            ) from None
-        descriptor = read_classifier_descriptor(model_dir)
-        if since is None and until is None:
-            since, until = (dt.date.fromisoformat(day) for day in descriptor["window"]["test"])
-        archive = archive_uri or client.get_run(run_id).data.params.get("archive") or config.archive_uri
+        model_dir = Registry(config, tracker.client).download_run_model(run_id, Path(folder))
         classifier = TicketClassifier.from_dir(model_dir)
-        with ray_session():
-            rows = labelled_rows(archive, classifier.text_builder, since, until)
-        evaluation, unseen = score_rows(classifier, rows, config)
+        if since is None and until is None:
+            since, until = _test_days(model_dir)
+    archive = archive_uri or tracker.get(run_id).params.get("archive") or config.archive_uri
+    # Data and scores.
+    with ray_session():
+        rows = labelled_rows(archive, classifier.text_builder, since, until)
+    evaluation, unseen = score_rows(classifier, rows, config)
+    # Report, into the run.
     window = f"{since or 'start'}_{until or 'end'}"
-    log_evaluation(client, run_id, evaluation, "eval", f"{EVALUATION_ARTIFACT}/{window}")
+    log_evaluation(tracker.log_to(run_id), evaluation, "eval", f"{EVALUATION_ARTIFACT}/{window}")
     details = {
         "archive": archive,
         "since": since,
@@ -121,3 +89,9 @@ def evaluate_run(
         "days": sorted(rows[DAY_COLUMN].unique()),
     }
     return evaluation, details
+
+
+def _test_days(model_dir: Path) -> tuple[dt.date, dt.date]:
+    """The first and last test day the classifier directory records."""
+    first, last = read_classifier_descriptor(model_dir)["window"]["test"]
+    return dt.date.fromisoformat(first), dt.date.fromisoformat(last)

@@ -6,7 +6,6 @@ the server uses: below it a ticket goes to human triage.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,8 +13,6 @@ import pandas as pd
 from sklearn.metrics import f1_score, precision_recall_fscore_support
 
 from pipelines.model.artifact import LabelSet
-
-log = logging.getLogger(__name__)
 
 CALIBRATION_BINS = 15
 
@@ -44,25 +41,20 @@ def evaluate_scores(
     predicted = probabilities.argmax(axis=1)
     confidence = probabilities.max(axis=1)
     correct = predicted == true_ids
-    k = min(top_k, probabilities.shape[1])
-    top_k_ids = np.argsort(-probabilities, axis=1)[:, :k]
-    present = np.unique(true_ids)
     coverage = _coverage_curve(confidence, correct)
-    threshold, covered = _abstain_threshold(coverage, target_accuracy)
     reliability = _reliability(confidence, correct)
     metrics = {
         "examples": float(len(true_ids)),
-        "top1": float(correct.mean()),
-        f"top{k}": float((top_k_ids == true_ids[:, None]).any(axis=1).mean()),
-        "macro_f1": float(f1_score(true_ids, predicted, labels=present, average="macro", zero_division=0)),
+        **_ranking(probabilities, true_ids, top_k),
+        "macro_f1": float(
+            f1_score(true_ids, predicted, labels=np.unique(true_ids), average="macro", zero_division=0)
+        ),
         "ece": float(
             (reliability["count"] * (reliability["confidence"] - reliability["accuracy"]).abs()).sum()
             / len(true_ids)
         ),
         "majority_baseline_top1": float(np.bincount(true_ids).max() / len(true_ids)),
-        "abstain_threshold": threshold,
-        "coverage_at_threshold": covered,
-        "target_accuracy": target_accuracy,
+        **_abstain_metrics(coverage, target_accuracy),
     }
     return Evaluation(
         metrics=metrics,
@@ -71,6 +63,25 @@ def evaluate_scores(
         reliability=reliability,
         confusion=_confusion(true_ids, predicted, labels, confusion_tenants),
     )
+
+
+def _ranking(probabilities: np.ndarray, true_ids: np.ndarray, top_k: int) -> dict[str, float]:
+    """``top1`` and ``top<k>`` accuracy (k capped at the number of classes)."""
+    k = min(top_k, probabilities.shape[1])
+    top_k_ids = np.argsort(-probabilities, axis=1)[:, :k]
+    return {
+        "top1": float((probabilities.argmax(axis=1) == true_ids).mean()),
+        f"top{k}": float((top_k_ids == true_ids[:, None]).any(axis=1).mean()),
+    }
+
+
+def _abstain_metrics(coverage: pd.DataFrame, target_accuracy: float) -> dict[str, float]:
+    threshold, covered = _abstain_threshold(coverage, target_accuracy)
+    return {
+        "abstain_threshold": threshold,
+        "coverage_at_threshold": covered,
+        "target_accuracy": target_accuracy,
+    }
 
 
 def _coverage_curve(confidence: np.ndarray, correct: np.ndarray) -> pd.DataFrame:

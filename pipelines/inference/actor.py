@@ -5,19 +5,16 @@ from __future__ import annotations
 import datetime as dt
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 
 from pipelines.contract.columns import LABEL_COLUMN, PATH_COLUMN, REJECT_REASON_COLUMN
-from pipelines.contract.rows import TICKET_READ_SCHEMA, TIMESTAMP_TYPE, split_valid_rows
-from pipelines.inference.output import (
-    REJECTED_SCHEMA,
-    SCORED_SCHEMA,
-    TOP_K_TYPE,
-)
-from pipelines.model.inference import TicketClassifier
+from pipelines.contract.rows import TICKET_READ_SCHEMA, split_valid_rows
+from pipelines.inference.output import REJECTED_SCHEMA, SCORED_SCHEMA
+from pipelines.model.inference import Prediction, TicketClassifier
 
 _PREDICTION_FIELDS = [f for f in SCORED_SCHEMA if f.name not in (*TICKET_READ_SCHEMA.names, "current_tenant")]
 BATCH_SCHEMA = pa.schema([*REJECTED_SCHEMA, pa.field(PATH_COLUMN, pa.string()), *_PREDICTION_FIELDS])
@@ -53,32 +50,44 @@ class ScoreTickets:
     def __call__(self, batch: pd.DataFrame) -> pa.Table:
         valid, rejected = split_valid_rows(batch)
         predictions = self.classifier.predict(valid.to_dict("records"), top_k=self.top_k)
-        current = valid[LABEL_COLUMN].astype(object).tolist()
-        confidence = np.array([p.confidence for p in predictions], dtype=np.float32)
-        misrouted = [
-            isinstance(tenant, str) and tenant != p.tenant and score > self.misroute_confidence
-            for tenant, p, score in zip(current, predictions, confidence, strict=True)
-        ]
         frame = pd.concat([valid.assign(**{REJECT_REASON_COLUMN: None}), rejected], ignore_index=True)
-        padding = [None] * len(rejected)
         table = pa.Table.from_pandas(
             frame[[*REJECTED_SCHEMA.names, PATH_COLUMN]],
             schema=pa.schema([*REJECTED_SCHEMA, pa.field(PATH_COLUMN, pa.string())]),
             preserve_index=False,
         )
+        columns = self._prediction_columns(predictions, valid[LABEL_COLUMN].astype(object).tolist())
+        padding = [None] * len(rejected)
         scored_at = dt.datetime.now(dt.UTC)
-        columns = {
-            "predicted_tenant": pa.array([p.tenant for p in predictions] + padding, pa.string()),
-            "confidence": pa.array([*confidence.tolist(), *padding], pa.float32()),
-            "top_k": pa.array(
-                [[{"tenant": t, "score": s} for t, s in p.top_k] for p in predictions] + padding, TOP_K_TYPE
-            ),
-            "abstain": pa.array([p.abstain for p in predictions] + padding, pa.bool_()),
-            "misrouted": pa.array(misrouted + padding, pa.bool_()),
-            "model_name": pa.array([self.model_name] * len(frame), pa.string()),
-            "model_version": pa.array([self.classifier.version] * len(frame), pa.string()),
-            "scored_at": pa.array([scored_at] * len(frame), TIMESTAMP_TYPE),
-        }
         for name, values in columns.items():
-            table = table.append_column(name, values)
+            table = table.append_column(name, pa.array(values + padding, _column_type(name)))
+        for name, value in (
+            ("model_name", self.model_name),
+            ("model_version", self.classifier.version),
+            ("scored_at", scored_at),
+        ):
+            table = table.append_column(name, pa.array([value] * len(frame), _column_type(name)))
         return table.cast(BATCH_SCHEMA)
+
+    def _prediction_columns(
+        self, predictions: list[Prediction], current: list[object]
+    ) -> dict[str, list[Any]]:
+        """The scored rows' prediction columns (rejected rows get nulls), from the one
+        serialized form of a prediction."""
+        records = [p.as_record() for p in predictions]
+        confidence = np.array([r["confidence"] for r in records], dtype=np.float32)
+        misrouted = [
+            isinstance(tenant, str) and tenant != r["tenant"] and score > self.misroute_confidence
+            for tenant, r, score in zip(current, records, confidence, strict=True)
+        ]
+        return {
+            "predicted_tenant": [r["tenant"] for r in records],
+            "confidence": confidence.tolist(),
+            "top_k": [r["top_k"] for r in records],
+            "abstain": [r["abstain"] for r in records],
+            "misrouted": misrouted,
+        }
+
+
+def _column_type(name: str) -> pa.DataType:
+    return BATCH_SCHEMA.field(name).type

@@ -20,20 +20,15 @@ from typing import Literal
 
 import pyarrow as pa
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 import ray
 import ray.data
 
 from pipelines.config import OncallConfig
-from pipelines.contract.archive import Partition, check_archive, read_partition_file, resolve
+from pipelines.contract.archive import Archive, Partition, resolve
 from pipelines.contract.rows import TICKET_READ_SCHEMA
 from pipelines.errors import ArchiveError, ConfigError
 from pipelines.inference.actor import ScoreTickets
-from pipelines.inference.output import (
-    VERSION_KEY,
-    PartitionWriter,
-    committed_days,
-)
+from pipelines.inference.output import VERSION_KEY, PartitionWriter, committed_days
 from pipelines.inference.summary import (
     MISROUTED_ARTIFACT,
     PartitionResult,
@@ -41,16 +36,15 @@ from pipelines.inference.summary import (
     SkippedFile,
     log_metrics,
     log_params,
-    log_results,
+    log_reports,
 )
-from pipelines.jobs.ray_runtime import ray_session
-from pipelines.registry.tracking import ensure_experiment, tracking_client
+from pipelines.ray_runtime import ray_session
+from pipelines.registry.tracking import Tracker
 from pipelines.registry.versions import CHAMPION, Registry, VersionRef
 
 log = logging.getLogger(__name__)
 
 RESCORE_EXPERIMENT = "rescore"
-# What the actors return: the ticket (kept whole for rejected rows), its file, and the scores.
 
 
 @dataclass(frozen=True)
@@ -83,67 +77,42 @@ def rescore(
     interrupt a run)."""
     request = request or RescoreRequest()
     started = time.monotonic()
-    archive = request.archive_uri or config.archive_uri
-    out = request.out_uri or config.rescore_out
-    policy = request.on_bad_file or config.rescore.on_bad_file
+    # Plan: the version, its output directory, the archive's days not committed yet.
     registry = Registry(config)
-    ref = (
-        registry.get(version=request.version)
-        if request.version
-        else registry.get(alias=request.alias or CHAMPION)
-    )
-    out_fs, out_root = resolve(out)
-    version_dir = f"{out_root.rstrip('/')}/{VERSION_KEY}={ref.version}"
+    ref = _version_of(registry, request)
+    archive = Archive(request.archive_uri or config.archive_uri)
+    out = _Output.of(request.out_uri or config.rescore_out, ref)
     summary = RescoreSummary(
-        archive=archive,
-        output=f"{out.rstrip('/')}/{VERSION_KEY}={ref.version}",
+        archive=archive.uri,
+        output=out.uri,
         model_name=ref.name,
         model_version=ref.version,
-        on_bad_file=policy,
+        on_bad_file=request.on_bad_file or config.rescore.on_bad_file,
     )
+    pending = _plan(archive, request, summary, committed_days(out.filesystem, out.version_dir))
 
-    pending = _plan(request, summary, committed_days(out_fs, version_dir))
-    log.info(
-        "rescoring %s with %s version %s into %s: %d day(s) to score, %d already committed",
-        archive,
-        ref.name,
-        ref.version,
-        summary.output,
-        len(pending),
-        len(summary.already_committed),
-    )
-
-    client = tracking_client(config)
-    experiment_id = ensure_experiment(client, config, RESCORE_EXPERIMENT)
+    # Score and commit each day, in one MLflow run whose metrics are logged even when it fails.
     run_name = f"rescore-v{ref.version}-{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}"
-    run_id = client.create_run(experiment_id, run_name=run_name).info.run_id
-    summary.run_id = run_id
-    try:
-        log_params(
-            client,
-            run_id,
-            config,
-            summary,
-            alias=request.alias or ("" if request.version else CHAMPION),
-            since=request.since,
-            until=request.until,
-        )
+    with Tracker(config).run(
+        RESCORE_EXPERIMENT, run_name=run_name, tags={"model_version": ref.version}
+    ) as run:
+        summary.run_id = run.run_id
+        log_params(run, config, summary, alias=_alias_of(request), since=request.since, until=request.until)
         with tempfile.TemporaryDirectory(prefix="oncall-rescore-") as folder:
             misrouted_csv = Path(folder) / MISROUTED_ARTIFACT
-            if pending:
-                writer = PartitionWriter(
-                    out_fs, out_root, version_dir, ref, summary, misrouted_csv, on_commit
-                )
-                with ray_session():
-                    _score_pending(config, registry, ref, pending, policy, writer, Path(folder))
-            summary.seconds = time.monotonic() - started
-            log_results(client, run_id, summary, misrouted_csv)
-        client.set_terminated(run_id, status="FINISHED")
-    except BaseException:
-        summary.seconds = time.monotonic() - started
-        log_metrics(client, run_id, summary)
-        client.set_terminated(run_id, status="FAILED")
-        raise
+            try:
+                if pending:
+                    writer = PartitionWriter(
+                        out.filesystem, out.root, out.version_dir, ref, summary, misrouted_csv, on_commit
+                    )
+                    model = _ScoringModel.of(registry, ref, Path(folder))
+                    _score_pending(config, archive, model, pending, writer)
+            finally:
+                summary.seconds = time.monotonic() - started
+                log_metrics(run, summary)
+
+            # Summary: the run's reports.
+            log_reports(run, summary, misrouted_csv)
     log.info(
         "rescored %d row(s) in %.1f s: %d scored, %d rejected, %d misrouted",
         summary.rows_read,
@@ -155,10 +124,52 @@ def rescore(
     return summary
 
 
-def _plan(request: RescoreRequest, summary: RescoreSummary, committed: set[dt.date]) -> list[Partition]:
+def _version_of(registry: Registry, request: RescoreRequest) -> VersionRef:
+    if request.version:
+        return registry.get(version=request.version)
+    return registry.get(alias=request.alias or CHAMPION)
+
+
+def _alias_of(request: RescoreRequest) -> str:
+    """The alias the run followed, as logged ('' when a version number was given)."""
+    return request.alias or ("" if request.version else CHAMPION)
+
+
+@dataclass(frozen=True)
+class _Output:
+    """Where a version's scored days go: ``<out>/model_version=<v>`` on its filesystem."""
+
+    uri: str  # <out>/model_version=<v>, as given
+    filesystem: pafs.FileSystem
+    root: str  # <out> on the filesystem
+    version_dir: str  # <out>/model_version=<v> on the filesystem
+
+    @classmethod
+    def of(cls, out_uri: str, ref: VersionRef) -> _Output:
+        filesystem, root = resolve(out_uri)
+        version = f"{VERSION_KEY}={ref.version}"
+        return cls(f"{out_uri.rstrip('/')}/{version}", filesystem, root, f"{root.rstrip('/')}/{version}")
+
+
+@dataclass(frozen=True)
+class _ScoringModel:
+    """The version the actors load: its files, downloaded once by the driver."""
+
+    ref: VersionRef
+    files: dict[str, bytes]
+
+    @classmethod
+    def of(cls, registry: Registry, ref: VersionRef, scratch: Path) -> _ScoringModel:
+        root = registry.download(ref, scratch / "model")
+        return cls(ref, {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()})
+
+
+def _plan(
+    archive: Archive, request: RescoreRequest, summary: RescoreSummary, committed: set[dt.date]
+) -> list[Partition]:
     """The window's days not committed yet; their files' footer problems fail the run or are
     recorded as skipped files. Committed days are not checked again."""
-    partitions, problems = check_archive(summary.archive, request.since, request.until)
+    partitions, problems = archive.check(request.since, request.until)
     if not partitions:
         window = f"between {request.since or 'the start'} and {request.until or 'the end'}"
         raise ArchiveError(f"archive {summary.archive} has no partitions {window}")
@@ -177,59 +188,76 @@ def _plan(request: RescoreRequest, summary: RescoreSummary, committed: set[dt.da
     summary.skipped_files = [SkippedFile(path, "; ".join(reasons)) for path, reasons in by_file.items()]
     for skipped in summary.skipped_files:
         log.warning("skipping %s: %s", skipped.path, skipped.reason)
+    log.info(
+        "rescoring %s with %s version %s into %s: %d day(s) to score, %d already committed",
+        summary.archive,
+        summary.model_name,
+        summary.model_version,
+        summary.output,
+        len(pending),
+        len(summary.already_committed),
+    )
     return pending
 
 
 def _score_pending(
     config: OncallConfig,
-    registry: Registry,
-    ref: VersionRef,
+    archive: Archive,
+    model: _ScoringModel,
     pending: list[Partition],
-    policy: str,
     writer: PartitionWriter,
-    scratch: Path,
 ) -> None:
     """Run the pipeline over the pending days; a file that cannot be read is named (``fail``)
     or skipped and the pipeline restarted on the days not committed yet (``skip``)."""
-    filesystem, _ = resolve(writer.summary.archive)
-    model_files = _read_dir(registry.download(ref, scratch / "model"))
-    while True:
-        skipped = {s.path for s in writer.summary.skipped_files}
-        todo = [p for p in pending if p.day not in writer.done]
-        files = [path for p in todo for path in p.files if path not in skipped]
-        expected = {p.day: 0 for p in todo if any(path not in skipped for path in p.files)}
-        day_of = {path: p.day for p in todo for path in p.files}
-        for path in files:
-            expected[day_of[path]] += pq.read_metadata(path, filesystem=filesystem).num_rows
-        skipped_of = {
-            p.day: tuple(path for path in p.files if path in skipped) for p in todo if p.day in expected
-        }
-        writer.open(expected, day_of, skipped_of)
-        if not files:
-            writer.finish()
-            return
-        blocks = _scored_blocks(config, filesystem, files, ref, model_files)
-        try:
-            for block in blocks:
-                writer.add(block)
-            writer.finish()
-            return
-        except _ReadError as failure:
-            unreadable = _unreadable_files(failure.error, files, filesystem)
-            if not unreadable:
-                raise failure.error from None
-            if policy == "fail":
-                raise ArchiveError(
-                    "; ".join(f"{s.path}: {s.reason}" for s in unreadable)
-                    + " (--on-bad-file skip scores the rest)"
-                ) from None
-            for item in unreadable:
-                log.warning(
-                    "skipping %s: %s; restarting on the days not committed yet", item.path, item.reason
-                )
-            writer.summary.skipped_files.extend(unreadable)
-        finally:
-            blocks.close()  # stops the pipeline (and its actors) when a commit hook or error ends it
+    with ray_session():
+        while True:
+            files = _open_pass(archive, pending, writer)
+            if not files:
+                writer.finish()
+                return
+            blocks = _scored_blocks(config, archive, files, model)
+            try:
+                for block in blocks:
+                    writer.add(block)
+                writer.finish()
+                return
+            except _ReadError as failure:
+                _skip_unreadable(failure, archive, files, writer.summary)
+            finally:
+                blocks.close()  # stops the pipeline (and its actors) when a commit hook or error ends it
+
+
+def _open_pass(archive: Archive, pending: list[Partition], writer: PartitionWriter) -> list[str]:
+    """Open the writer on the days not committed yet, their rows counted from the footers of
+    the files not skipped; returns those files."""
+    skipped = {s.path for s in writer.summary.skipped_files}
+    todo = [p for p in pending if p.day not in writer.done]
+    files = [path for p in todo for path in p.files if path not in skipped]
+    expected = {p.day: 0 for p in todo if any(path not in skipped for path in p.files)}
+    day_of = {path: p.day for p in todo for path in p.files}
+    for path in files:
+        expected[day_of[path]] += archive.num_rows(path)
+    skipped_of = {
+        p.day: tuple(path for path in p.files if path in skipped) for p in todo if p.day in expected
+    }
+    writer.open(expected, day_of, skipped_of)
+    return files
+
+
+def _skip_unreadable(
+    failure: _ReadError, archive: Archive, files: list[str], summary: RescoreSummary
+) -> None:
+    """Record the files a read error came from as skipped (``skip``), or fail naming them."""
+    unreadable = _unreadable_files(failure.error, files, archive)
+    if not unreadable:
+        raise failure.error from None
+    if summary.on_bad_file == "fail":
+        raise ArchiveError(
+            "; ".join(f"{s.path}: {s.reason}" for s in unreadable) + " (--on-bad-file skip scores the rest)"
+        ) from None
+    for item in unreadable:
+        log.warning("skipping %s: %s; restarting on the days not committed yet", item.path, item.reason)
+    summary.skipped_files.extend(unreadable)
 
 
 class _ReadError(Exception):
@@ -241,46 +269,13 @@ class _ReadError(Exception):
 
 
 def _scored_blocks(
-    config: OncallConfig,
-    filesystem: pafs.FileSystem,
-    files: list[str],
-    ref: VersionRef,
-    model_files: dict[str, bytes],
+    config: OncallConfig, archive: Archive, files: list[str], model: _ScoringModel
 ) -> Iterator[pa.Table]:
-    settings = config.rescore
-    gpus = int(ray.cluster_resources().get("GPU", 0))
-    actors = min(settings.actors, gpus) if gpus else settings.actors
-    log.info(
-        "scoring %d file(s) with %d actor(s) (%s CPU%s each), batches of %d",
-        len(files),
-        actors,
-        settings.cpus_per_actor,
-        " + 1 GPU" if gpus else "",
-        settings.batch_size,
+    """The scored blocks of ``files``, in the order the pool finishes them; a file that cannot
+    be read surfaces as :class:`_ReadError`."""
+    blocks = iter(
+        _scoring_dataset(config, archive, files, model).iter_batches(batch_format="pyarrow", batch_size=None)
     )
-    dataset = (
-        ray.data.read_parquet(
-            files, filesystem=filesystem, partitioning=None, include_paths=True, schema=TICKET_READ_SCHEMA
-        )
-        # The reader merges small files into one block, which one actor would score alone:
-        # streaming repartition (no barrier) into batch-sized blocks spreads them over the pool.
-        .repartition(target_num_rows_per_block=settings.batch_size)
-    ).map_batches(
-        ScoreTickets,
-        fn_constructor_kwargs={
-            "model_files": model_files,
-            "model_name": ref.name,
-            "model_version": ref.version,
-            "top_k": config.evaluate.top_k,
-            "misroute_confidence": settings.misroute_confidence,
-        },
-        batch_size=settings.batch_size,
-        batch_format="pandas",
-        compute=ray.data.ActorPoolStrategy(size=actors),
-        num_cpus=settings.cpus_per_actor,
-        num_gpus=1 if gpus else None,
-    )
-    blocks = iter(dataset.iter_batches(batch_format="pyarrow", batch_size=None))
     try:
         while True:
             try:
@@ -298,20 +293,52 @@ def _scored_blocks(
             close()
 
 
-def _unreadable_files(
-    error: BaseException, files: list[str], filesystem: pafs.FileSystem
-) -> list[SkippedFile]:
+def _scoring_dataset(
+    config: OncallConfig, archive: Archive, files: list[str], model: _ScoringModel
+) -> ray.data.Dataset:
+    """``read_parquet`` → batch-sized blocks → the :class:`ScoreTickets` pool (one GPU per
+    actor when the cluster has GPUs, at most one actor per GPU)."""
+    settings = config.rescore
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    actors = min(settings.actors, gpus) if gpus else settings.actors
+    log.info(
+        "scoring %d file(s) with %d actor(s) (%s CPU%s each), batches of %d",
+        len(files),
+        actors,
+        settings.cpus_per_actor,
+        " + 1 GPU" if gpus else "",
+        settings.batch_size,
+    )
+    dataset = ray.data.read_parquet(
+        files, filesystem=archive.filesystem, partitioning=None, include_paths=True, schema=TICKET_READ_SCHEMA
+    )
+    # The reader merges small files into one block, which one actor would score alone:
+    # streaming repartition (no barrier) into batch-sized blocks spreads them over the pool.
+    return dataset.repartition(target_num_rows_per_block=settings.batch_size).map_batches(
+        ScoreTickets,
+        fn_constructor_kwargs={
+            "model_files": model.files,
+            "model_name": model.ref.name,
+            "model_version": model.ref.version,
+            "top_k": config.evaluate.top_k,
+            "misroute_confidence": settings.misroute_confidence,
+        },
+        batch_size=settings.batch_size,
+        batch_format="pandas",
+        compute=ray.data.ActorPoolStrategy(size=actors),
+        num_cpus=settings.cpus_per_actor,
+        num_gpus=1 if gpus else None,
+    )
+
+
+def _unreadable_files(error: BaseException, files: list[str], archive: Archive) -> list[SkippedFile]:
     """The files behind a read error: the ones Ray's message names, else every file, each
     confirmed by reading it on the driver."""
     named = [path for path in files if path in str(error)]
     unreadable = []
     for path in named or files:
         try:
-            read_partition_file(path, filesystem)
+            archive.read_file(path)
         except ArchiveError as exc:
             unreadable.append(SkippedFile(path, str(exc).removeprefix(f"{path}: ")))
     return unreadable
-
-
-def _read_dir(root: Path) -> dict[str, bytes]:
-    return {str(path.relative_to(root)): path.read_bytes() for path in root.rglob("*") if path.is_file()}

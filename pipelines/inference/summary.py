@@ -1,20 +1,18 @@
-"""What a ``rescore`` run reports: per-day results, the run's summary, and its MLflow logging."""
+"""What a ``rescore`` run reports: per-day results, the run's summary, and what it logs to its run."""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
-import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from mlflow.entities import Metric, Param, RunTag
 
 from pipelines.config import OncallConfig
-from pipelines.registry.tracking import flatten_params
+from pipelines.registry.tracking import RunLog
 
 MISROUTED_ARTIFACT = "misrouted.csv"
 TOP_REPORTED = 10
@@ -169,8 +167,7 @@ def version_key(version: str) -> tuple[int, str]:
 
 
 def log_params(
-    client: Any,
-    run_id: str,
+    run: RunLog,
     config: OncallConfig,
     summary: RescoreSummary,
     *,
@@ -178,8 +175,9 @@ def log_params(
     since: dt.date | None,
     until: dt.date | None,
 ) -> None:
-    params = flatten_params("rescore", config.rescore.model_dump())
-    params.update(
+    """What the run scored, with what, and the ``rescore.*`` settings."""
+    run.params(config.rescore.model_dump(), prefix="rescore")
+    run.params(
         {
             "archive": summary.archive,
             "output": summary.output,
@@ -191,27 +189,19 @@ def log_params(
             "on_bad_file": summary.on_bad_file,
         }
     )
-    client.log_batch(
-        run_id,
-        params=[Param(name, value) for name, value in params.items()],
-        tags=[RunTag("model_version", summary.model_version)],
-    )
 
 
-def log_metrics(client: Any, run_id: str, summary: RescoreSummary) -> None:
-    now = int(time.time() * 1000)
-    client.log_batch(
-        run_id, metrics=[Metric(name, float(value), now, 0) for name, value in summary.as_metrics().items()]
-    )
+def log_metrics(run: RunLog, summary: RescoreSummary) -> None:
+    """The run's counts so far (also logged when it fails)."""
+    run.metrics(summary.as_metrics())
 
 
-def log_results(client: Any, run_id: str, summary: RescoreSummary, misrouted_csv: Path) -> None:
-    """Metrics, the summary, per-day counts and the misrouted tickets (CSV) of the run."""
-    log_metrics(client, run_id, summary)
+def log_reports(run: RunLog, summary: RescoreSummary, misrouted_csv: Path) -> None:
+    """The summary, per-day counts and the misrouted tickets (CSV) of a finished run."""
     folder = misrouted_csv.parent
     if not misrouted_csv.exists():
         pd.DataFrame(columns=["date", *MISROUTED_COLUMNS]).to_csv(misrouted_csv, index=False)
     (folder / "summary.json").write_text(json.dumps(summary.as_dict(), indent=2, default=str) + "\n")
     summary.by_date().to_csv(folder / "by_date.csv", index=False)
     for name in (MISROUTED_ARTIFACT, "summary.json", "by_date.csv"):
-        client.log_artifact(run_id, str(folder / name))
+        run.artifact(folder / name)

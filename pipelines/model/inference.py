@@ -5,12 +5,10 @@ Its forward path imports neither Ray nor MLflow, so it runs on a bare GPU machin
 
 from __future__ import annotations
 
-import logging
-import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,12 +18,6 @@ from pipelines.errors import ModelError
 from pipelines.model.artifact import LabelSet, load_classifier
 from pipelines.model.batching import pad_batch
 
-if TYPE_CHECKING:
-    from pipelines.config import OncallConfig
-    from pipelines.registry.versions import Registry, VersionRef
-
-log = logging.getLogger(__name__)
-
 
 @dataclass(frozen=True)
 class Prediction:
@@ -33,6 +25,17 @@ class Prediction:
     confidence: float
     top_k: list[tuple[str, float]]
     abstain: bool  # below the version's threshold: route to human triage
+
+    def as_record(self) -> dict[str, Any]:
+        """The one serialized form of a prediction (Serve's answer, the pyfunc's row, the
+        rescore columns): ``tenant``, ``confidence``, ``top_k`` as ``[{tenant, score}]``,
+        ``abstain``."""
+        return {
+            "tenant": self.tenant,
+            "confidence": self.confidence,
+            "top_k": [{"tenant": tenant, "score": score} for tenant, score in self.top_k],
+            "abstain": self.abstain,
+        }
 
 
 class TicketClassifier:
@@ -98,49 +101,6 @@ class TicketClassifier:
             abstain_threshold=float(descriptor.get("abstain_threshold", 0.0)),
             batch_size=batch_size,
         )
-
-    @classmethod
-    def from_registry(
-        cls,
-        config: OncallConfig,
-        *,
-        alias: str | None = None,
-        version: str | None = None,
-        name: str | None = None,
-        device: str | None = None,
-        batch_size: int = 64,
-    ) -> TicketClassifier:
-        """A registered version (``models:/<name>@alias`` or version number; ``name`` defaults to
-        ``registry.model_name``).
-        MLflow is imported here only: the forward path needs neither MLflow nor Ray."""
-        from pipelines.registry.versions import Registry
-
-        if name is not None:
-            config = config.model_copy(
-                update={"registry": config.registry.model_copy(update={"model_name": name})}
-            )
-        registry = Registry(config)
-        return cls.from_version(
-            registry, registry.get(alias=alias, version=version), device=device, batch_size=batch_size
-        )
-
-    @classmethod
-    def from_version(
-        cls,
-        registry: Registry,
-        ref: VersionRef,
-        *,
-        device: str | None = None,
-        batch_size: int = 64,
-        merge: bool = True,
-    ) -> TicketClassifier:
-        """The classifier of a version already looked up in the registry."""
-        with tempfile.TemporaryDirectory() as folder:
-            classifier = cls.from_dir(
-                registry.download(ref, Path(folder)), device=device, batch_size=batch_size, merge=merge
-            )
-        classifier.version = ref.version
-        return classifier
 
     def predict_proba_texts(self, texts: Sequence[str]) -> np.ndarray:
         """Class probabilities (n, tenants) in input order."""

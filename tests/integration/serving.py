@@ -12,7 +12,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from pipelines.config import OncallConfig
-from pipelines.contract.archive import list_partitions
+from pipelines.contract.archive import Archive
 from tests.conftest import small_config
 from tests.integration.mlflow_server import free_port
 
@@ -68,7 +68,7 @@ def _wait_controller_gone(timeout_s: float = 60.0) -> None:
 
 def archive_tickets(archive: Path, n: int) -> list[dict]:
     """``n`` tickets of the archive's last day, as JSON-able dicts of the HTTP contract."""
-    last_day = list_partitions(str(archive))[-1]
+    last_day = Archive(str(archive)).partitions()[-1]
     frame = pq.read_table(last_day.files[0]).to_pandas().head(n)
     fields = ["ticket_id", "title", "description", "service", "cluster", "region", "source", "severity"]
     return [{k: v for k, v in row.items() if isinstance(v, str)} for row in frame[fields].to_dict("records")]

@@ -23,8 +23,8 @@ from pipelines.errors import ArchiveError
 from pipelines.inference.output import MARKER, REJECTED_DIR, SCORED_SCHEMA
 from pipelines.inference.rescore import RescoreRequest, rescore
 from pipelines.inference.summary import MISROUTED_ARTIFACT, PartitionResult
-from pipelines.model.inference import TicketClassifier
 from pipelines.registry.tracking import tracking_client
+from pipelines.registry.versions import Registry
 from pipelines.training.job import TrainResult
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
@@ -83,7 +83,7 @@ def test_rescore_matches_the_classifier_and_a_second_run_is_a_no_op(
     assert not list((out / "model_version=1").glob(".tmp-*"))
 
     # The same answers as the inference class on the same rows.
-    classifier = TicketClassifier.from_registry(config, version="1")
+    classifier = Registry(config).load_classifier(version="1")
     expected = classifier.predict(rows.to_dict("records"), top_k=config.evaluate.top_k)
     by_id = scored.set_index("ticket_id").loc[rows["ticket_id"]]
     assert by_id["predicted_tenant"].tolist() == [p.tenant for p in expected]

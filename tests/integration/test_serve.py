@@ -13,7 +13,6 @@ import requests
 
 from pipelines.config import OncallConfig
 from pipelines.data.feedback import FeedbackStore
-from pipelines.model.inference import TicketClassifier
 from pipelines.registry.versions import CHAMPION, Registry
 from pipelines.training.job import TrainResult
 from serve.client import RouterClient, RouterHTTPError
@@ -62,7 +61,7 @@ def test_route_answers_exactly_like_the_classifier_of_the_same_version(
     served: tuple[OncallConfig, str], client: RouterClient, tickets: list[dict]
 ) -> None:
     config, _ = served
-    classifier = TicketClassifier.from_registry(config, alias=CHAMPION)
+    classifier = Registry(config).load_classifier(alias=CHAMPION)
     expected = classifier.predict(tickets[:8], top_k=config.serve.top_k)
     for ticket, prediction in zip(tickets[:8], expected, strict=True):
         answer = client.route(ticket)
