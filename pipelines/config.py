@@ -37,13 +37,13 @@ ENV_ALIASES: dict[str, tuple[str, ...]] = {
     "ONCALL_DATA_DIR": ("data_dir",),
     "ONCALL_SERVE_TOKENS": ("serve", "auth_tokens"),
     "ONCALL_TRACKING_URI": ("registry", "tracking_uri"),
+    "ONCALL_LOG_LEVEL": ("logging", "level"),
 }
 # Variables with the prefix that are not configuration (read by the test-suite, the CLI or the
 # notebooks).
 ENV_NOT_CONFIG = (
     "ONCALL_TEST_",
     "ONCALL_CONFIG",
-    "ONCALL_LOG_LEVEL",
     "ONCALL_NOTEBOOK_",
     "ONCALL_ROUTER_URL",
 )
@@ -246,6 +246,39 @@ class NightlyConfig(_Section):
     rescore_days: int = Field(default=7, ge=0, description="Newest days rescored by the champion (0: none).")
 
 
+class LoggingConfig(_Section):
+    """Log lines of every command (on stderr) and of the Serve replicas."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="Least severe log level shown."
+    )
+    format: Literal["text", "json"] = Field(
+        default="text",
+        description="text: readable lines (compact on a terminal); json: one object per line with "
+        "time, level, logger and message, for commands and Serve replicas alike.",
+    )
+    ray_output: Literal["files", "console"] = Field(
+        default="files",
+        description="Output of Ray's worker processes: files (the Ray session's logs/ directory, "
+        "under <data_dir>/ray/sessions when Ray is started here; named once at start) or console.",
+    )
+    progress_interval_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="While a step runs and stderr is not a terminal, a 'still running' line this "
+        "often (0: never).",
+    )
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _upper_level(cls, level: object) -> object:
+        return level.upper() if isinstance(level, str) else level
+
+    def serve_logging(self) -> dict[str, str]:
+        """The ``logging_config`` of a Serve deployment (Ray's ``LoggingConfig`` as a dict)."""
+        return {"encoding": self.format.upper(), "log_level": self.level}
+
+
 class OncallConfig(_Section):
     data_dir: Path = Field(
         default=Path(".oncall"),
@@ -270,6 +303,9 @@ class OncallConfig(_Section):
     serve: ServeConfig = Field(default_factory=ServeConfig, description="The Ray Serve routing endpoint.")
     rescore: RescoreConfig = Field(default_factory=RescoreConfig, description="Bulk scoring of archives.")
     nightly: NightlyConfig = Field(default_factory=NightlyConfig, description="The online-learning loop.")
+    logging: LoggingConfig = Field(
+        default_factory=LoggingConfig, description="Log lines, progress and where Ray's output goes."
+    )
 
     @field_validator("data_dir")
     @classmethod
@@ -293,6 +329,11 @@ class OncallConfig(_Section):
     @property
     def ray_storage_dir(self) -> Path:
         return self.data_dir / "ray"
+
+    @property
+    def ray_sessions_dir(self) -> Path:
+        """Ray's temp dir when it is started here: ``session_*/logs`` holds its processes' output."""
+        return self.ray_storage_dir / "sessions"
 
     @property
     def feedback_db_url(self) -> str:

@@ -36,6 +36,7 @@ def build_application(config: OncallConfig) -> Application:
         },
         max_ongoing_requests=model_ongoing,
         ray_actor_options={"num_cpus": settings.replica_cpus, "num_gpus": settings.replica_gpus},
+        logging_config=config.logging.serve_logging(),
         user_config=ReplicaSettings.of(settings).model_dump(),
     )
     ingress = serve.deployment(RouterIngress, name=INGRESS_DEPLOYMENT).options(
@@ -46,6 +47,7 @@ def build_application(config: OncallConfig) -> Application:
         },
         max_ongoing_requests=4 * model_ongoing,
         ray_actor_options={"num_cpus": INGRESS_CPUS},
+        logging_config=config.logging.serve_logging(),
     )
     return ingress.bind(model.bind(config), config)
 

@@ -3,16 +3,19 @@ message naming the problem (exit 2), never as a traceback.
 
 Options that override a config field are made by :func:`config_option`: their help and default
 come from the field, and :func:`_config` applies them, so a command only passes on the options
-that are not configuration.
+that are not configuration. A command's result goes through :func:`_emit`: a table, or with
+``--json`` one JSON object on stdout (logs and messages on stderr).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import logging
 import sys
+from collections.abc import Callable
+from functools import partial
+from importlib.metadata import version as package_version
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -23,6 +26,7 @@ from pipelines.cli.render import (
     print_decision,
     print_demo,
     print_evaluation,
+    print_json,
     print_manifest,
     print_next_fires,
     print_nightly,
@@ -31,11 +35,13 @@ from pipelines.cli.render import (
     print_serving,
     print_training,
     print_validation,
+    route_messages_to_stderr,
 )
 from pipelines.config import OncallConfig, load_config
 from pipelines.contract.archive import Archive
 from pipelines.data.sample.generator import SampleSpec, generate_archive
 from pipelines.errors import OncallError
+from pipelines.logs import heartbeat, setup_logging
 
 app = typer.Typer(
     help="Route oncall tickets to the tenant that owns them, and keep learning as ownership changes.",
@@ -48,6 +54,7 @@ EXIT_USER_ERROR = 2
 EXIT_VALIDATION_FAILED = 1
 # The overlay `demo` runs with (package data, so an installed wheel has it too).
 DEMO_OVERLAY = Path(__file__).with_name("demo.yaml")
+DISTRIBUTION = "oncall-router"
 
 ConfigOption = Annotated[
     Path | None,
@@ -61,29 +68,56 @@ DateOption = Annotated[dt.datetime | None, typer.Option(formats=["%Y-%m-%d"], sh
 ArchiveOption = Annotated[str | None, config_option("data.archive")]
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"{DISTRIBUTION} {package_version(DISTRIBUTION)}")
+        raise typer.Exit()
+
+
 @app.callback()
 def main_options(
     ctx: typer.Context,
     data_dir: Annotated[Path | None, config_option("data_dir")] = None,
     config: ConfigOption = None,
-    log_level: Annotated[
-        str, typer.Option(envvar="ONCALL_LOG_LEVEL", help="DEBUG, INFO, WARNING or ERROR.")
-    ] = "INFO",
+    log_level: Annotated[str | None, config_option("logging.level")] = None,
+    log_format: Annotated[str | None, config_option("logging.format")] = None,
+    json_output: Annotated[
+        bool,
+        typer.Option(
+            "--json", help="Print the result as one JSON object on stdout; everything else on stderr."
+        ),
+    ] = False,
+    version: Annotated[
+        bool,
+        typer.Option("--version", help="Print the version and exit.", callback=_print_version, is_eager=True),
+    ] = False,
 ) -> None:
-    level = logging.getLevelName(log_level.upper())
-    if not isinstance(level, int):
-        raise typer.BadParameter(f"unknown log level {log_level!r}", param_hint="--log-level")
-    logging.basicConfig(
-        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
-    )
-    ctx.obj = {"config_file": config}
+    if json_output:
+        route_messages_to_stderr()
+    ctx.obj = {"config_file": config, "json": json_output}
 
 
-def _config(ctx: typer.Context, *overlays: Path) -> OncallConfig:
+def _config(ctx: typer.Context, *overlays: Path, progress: bool = True) -> OncallConfig:
     """Configuration of a command: overlays (e.g. the demo's) below the user's --config, then the
-    environment, then the command line's config options."""
+    environment, then the command line's config options. Sets up logging as it says; with
+    ``progress`` (every command but the long-running ones) a log that is not a terminal gets a
+    'still running' line now and then. Call it before importing a job: MLflow and Hugging Face
+    read the switches logging sets when they are imported."""
     user_file = (ctx.obj["config_file"],) if ctx.obj["config_file"] else ()
-    return load_config(*overlays, *user_file, overrides=config_overrides(ctx))
+    config = load_config(*overlays, *user_file, overrides=config_overrides(ctx))
+    tracker = setup_logging(config.logging)
+    interval = config.logging.progress_interval_s
+    if progress and interval > 0 and not sys.stderr.isatty():
+        ctx.with_resource(heartbeat(tracker, interval))
+    return config
+
+
+def _emit(ctx: typer.Context, result: Any, human: Callable[[Any], None]) -> None:
+    """A command's result: ``human`` prints it for people, ``--json`` as JSON for scripts."""
+    if ctx.obj["json"]:
+        print_json(result)
+    else:
+        human(result)
 
 
 def _date(value: dt.datetime | None) -> dt.date | None:
@@ -119,7 +153,8 @@ def sample_data(
         start=start.date(),
         seed=seed,
     )
-    print_manifest(target, generate_archive(spec, target, overwrite=overwrite))
+    manifest = generate_archive(spec, target, overwrite=overwrite)
+    _emit(ctx, {"archive": target, "manifest": manifest}, lambda _: print_manifest(target, manifest))
 
 
 @app.command("init-base")
@@ -134,9 +169,10 @@ def init_base_command(
 ) -> None:
     """Build a random-init Qwen3 base and a BPE tokenizer trained on the archive's ticket text (no
     download)."""
+    config = _config(ctx)
+
     from pipelines.training.init_base import init_base  # torch + transformers: ~5 s, only where needed
 
-    config = _config(ctx)
     built = init_base(
         preset,
         config.archive_uri,
@@ -147,7 +183,7 @@ def init_base_command(
         seed=seed,
         overwrite=overwrite,
     )
-    console.print(f"base: {built}")
+    _emit(ctx, {"base": built}, lambda _: console.print(f"base: {built}"))
 
 
 @app.command("validate")
@@ -160,7 +196,7 @@ def validate_command(
     """Check an archive against the ticket contract; exit 1 when anything breaks it."""
     config = _config(ctx)
     report = Archive(config.archive_uri).validate(_date(since), _date(until))
-    print_validation(report)
+    _emit(ctx, report, print_validation)
     if not report.ok:
         raise typer.Exit(EXIT_VALIDATION_FAILED)
 
@@ -181,9 +217,10 @@ def train_command(
 ) -> None:
     """Train a tenant classifier on the resolved tickets of the window, evaluate it on the newest
     days, log everything to MLflow; prints the run id and the headline metrics."""
+    config = _config(ctx)
+
     from pipelines.training.job import TrainRequest, resolve_base, train  # Ray + torch: only where needed
 
-    config = _config(ctx)
     request = TrainRequest(
         archive_uri=config.archive_uri,
         base_dir=resolve_base(config),
@@ -191,7 +228,7 @@ def train_command(
         until=_date(until),
         register=register,
     )
-    print_training(config, train(config, request))
+    _emit(ctx, train(config, request), partial(print_training, config))
 
 
 @app.command("evaluate")
@@ -204,11 +241,13 @@ def evaluate_command(
 ) -> None:
     """Evaluate a trained run's classifier (default: on its own test days) and log the report to
     the run (metrics eval_*, artifacts evaluation/<window>/)."""
+    config = _config(ctx)
+
     from pipelines.evaluation.job import evaluate_run  # Ray + torch: only where needed
 
-    config = _config(ctx)
     evaluation, details = evaluate_run(config, run_id, archive, _date(since), _date(until))
-    print_evaluation(run_id, evaluation, details)
+    result = {"run_id": run_id, "evaluation": evaluation, "details": details}
+    _emit(ctx, result, lambda _: print_evaluation(run_id, evaluation, details))
 
 
 @app.command("promote")
@@ -225,11 +264,12 @@ def promote_command(
 ) -> None:
     """Gate a version against the champion on the same tickets; promote it (alias 'champion',
     the old one becomes 'previous') only if it passes. Exit 1 when rejected."""
+    config = _config(ctx)
+
     from pipelines.registry.promotion import promote  # Ray + torch: only where needed
 
-    config = _config(ctx)
     decision = promote(config, version, archive_uri=archive, force=force, reason=reason)
-    print_decision(config, decision)
+    _emit(ctx, decision, partial(print_decision, config))
     if not decision.promoted:
         raise typer.Exit(EXIT_VALIDATION_FAILED)
 
@@ -237,11 +277,17 @@ def promote_command(
 @app.command("rollback")
 def rollback_command(ctx: typer.Context) -> None:
     """Move alias 'champion' back to the previous champion (alias 'previous')."""
+    config = _config(ctx)
+
     from pipelines.registry.promotion import rollback
 
-    config = _config(ctx)
     rolled_back, restored = rollback(config)
-    console.print(f"{config.registry.model_name}: champion {rolled_back} → {restored}")
+    result = {"model_name": config.registry.model_name, "champion_before": rolled_back, "champion": restored}
+    _emit(
+        ctx,
+        result,
+        lambda _: console.print(f"{config.registry.model_name}: champion {rolled_back} → {restored}"),
+    )
 
 
 @app.command("serve")
@@ -253,6 +299,8 @@ def serve_command(
 ) -> None:
     """Serve the routing endpoint (Ray Serve) until Ctrl-C; replicas follow the alias and switch
     to a newly promoted version by themselves."""
+    config = _config(ctx, progress=False)
+
     import time
 
     from ray import serve
@@ -261,12 +309,16 @@ def serve_command(
     from serve.app import check_port_free, deploy
     from serve.client import RouterClient
 
-    config = _config(ctx)
     check_port_free(config.serve.host, config.serve.port)  # before Ray starts: fail fast
-    with ray_session(serve_environment(config.serve)):
+    with ray_session(config, serve_environment(config.serve)):
         try:
             url = deploy(config)
-            print_serving(config, url, ready=RouterClient(url).ready())
+            serving = {
+                "endpoint": url,
+                "model_uri": f"models:/{config.registry.model_name}@{config.serve.alias}",
+            }
+            serving["ready"] = RouterClient(url).ready()
+            _emit(ctx, serving, lambda _: print_serving(config, url, ready=serving["ready"]))
             while True:
                 time.sleep(1)
         except (KeyboardInterrupt, TerminatedError):
@@ -290,11 +342,12 @@ def rescore_command(
 ) -> None:
     """Score an archive in bulk with a registered version (Ray Data actor pool) into
     <out>/model_version=<v>/date=YYYY-MM-DD/; committed days are skipped, so re-running resumes."""
+    config = _config(ctx)
+
     from pipelines.inference.rescore import RescoreRequest, rescore  # Ray + torch: only where needed
 
-    config = _config(ctx)
     request = RescoreRequest(alias=alias, version=version, since=_date(since), until=_date(until))
-    print_rescore(rescore(config, request))
+    _emit(ctx, rescore(config, request), print_rescore)
 
 
 @app.command("schedule")
@@ -307,9 +360,10 @@ def schedule_command(
 ) -> None:
     """Run the nightly on a cron schedule until Ctrl-C (or SIGTERM): a fire at T runs the nightly
     of T's date minus one day (UTC); on start, the latest missed date runs once."""
+    config = _config(ctx, progress=False)
+
     from pipelines.jobs.schedule import due_date, next_fires, nightly_date, run_schedule, validate_cron
 
-    config = _config(ctx)
     expression = validate_cron(config.nightly.cron)  # before anything heavy: fail fast
     now = dt.datetime.now(dt.UTC)
     print_next_fires([(fire, nightly_date(fire)) for fire in next_fires(expression, now, 3)])
@@ -319,11 +373,11 @@ def schedule_command(
 
     done = last_successful_date(config)
     print_schedule_state(done, due_date(expression, done, now))
-    with ray_session():  # one Ray for every run; SIGTERM unwinds through it
+    with ray_session(config):  # one Ray for every run; SIGTERM unwinds through it
         try:
             runs = run_schedule(
                 expression,
-                run=lambda date: print_nightly(run_nightly(config, NightlyRequest(date=date))),
+                run=lambda date: _emit(ctx, run_nightly(config, NightlyRequest(date=date)), print_nightly),
                 last_done=lambda: last_successful_date(config),
                 max_runs=max_runs,
                 stop_on=(TerminatedError,),
@@ -347,10 +401,11 @@ def nightly_command(
     """The online-learning loop for one date: new archive days + feedback → incremental training
     (warm start, replay, head growth) → register → gate → promote → rescore. Re-running a
     finished date does nothing; a crashed one resumes."""
+    config = _config(ctx)
+
     from pipelines.jobs.nightly import NightlyRequest, default_date, run_nightly  # Ray + torch
 
-    config = _config(ctx)
-    print_nightly(run_nightly(config, NightlyRequest(date=_date(date) or default_date())))
+    _emit(ctx, run_nightly(config, NightlyRequest(date=_date(date) or default_date())), print_nightly)
 
 
 @app.command("demo")
@@ -358,10 +413,11 @@ def demo(ctx: typer.Context) -> None:
     """The main job end to end on the embedded default: sample archive and tiny base, first
     champion, Serve up, tickets routed over HTTP, the next days arrive, nightly (warm start, new
     tenants, gate), the new champion hot-swapped into Serve, the tickets again, rescoring."""
+    config = _config(ctx, DEMO_OVERLAY)
+
     from pipelines.cli.demo import run_demo  # Ray + torch: only where needed
 
-    config = _config(ctx, DEMO_OVERLAY)
-    print_demo(config, run_demo(config))
+    _emit(ctx, run_demo(config), partial(print_demo, config))
 
 
 def main() -> None:

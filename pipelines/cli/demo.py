@@ -23,7 +23,7 @@ import pandas as pd
 from pipelines.config import OncallConfig
 from pipelines.contract.archive import Archive
 from pipelines.contract.columns import LABEL_COLUMN, TEXT_COLUMNS
-from pipelines.data.sample.generator import MANIFEST_NAME, SampleSpec, generate_archive, read_manifest
+from pipelines.data.sample.generator import SampleSpec, find_manifest, generate_archive, read_manifest
 from pipelines.errors import ModelError
 from pipelines.inference.rescore import RescoreRequest, rescore
 from pipelines.inference.summary import RescoreSummary
@@ -75,7 +75,7 @@ class DemoResult:
 def ensure_sample_archive(archive: Path, spec: SampleSpec) -> tuple[dict[str, Any], bool]:
     """The manifest of the sample archive for ``spec`` at ``archive`` and whether it was
     (re)generated now rather than reused from an earlier run."""
-    if (archive / MANIFEST_NAME).is_file():
+    if find_manifest(archive) is not None:
         manifest = read_manifest(archive)
         if manifest.get("spec") == {**asdict(spec), "start": spec.start.isoformat()}:
             log.info("reusing the sample archive at %s", archive)
@@ -85,7 +85,7 @@ def ensure_sample_archive(archive: Path, spec: SampleSpec) -> tuple[dict[str, An
 
 
 def run_demo(config: OncallConfig, spec: SampleSpec = DEMO_SPEC) -> DemoResult:
-    with ray_session(serve_environment(config.serve)):  # one local Ray for every step
+    with ray_session(config, serve_environment(config.serve)):  # one local Ray for every step
         return _run_demo(config, spec)
 
 

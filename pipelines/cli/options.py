@@ -27,11 +27,13 @@ def config_option(key: str, *param_decls: str, **option: Any) -> Any:
 
 
 def option_help(key: str) -> str:
-    """``Training epochs. [config train.epochs; default 3]``: the field's description and default."""
+    """``Training epochs. [config train.epochs; default 3]``: the field's description, choices
+    and default."""
     doc = field_doc(key)
+    choices = f"; one of {', '.join(doc.choices)}" if doc.choices else ""
     default = "" if doc.default is None else f"; default {doc.default_text}"
     env = f"; env {doc.env}" if doc.env else ""
-    return f"{doc.description} [config {key}{default}{env}]"
+    return f"{doc.description} [config {key}{choices}{default}{env}]"
 
 
 def config_overrides(ctx: typer.Context) -> dict[str, Any]:

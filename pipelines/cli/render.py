@@ -1,12 +1,21 @@
 """How the CLI shows results: rich tables on the console; reasons and problems as whole lines
-(not wrapped in a table) so they can be read and grepped."""
+(not wrapped in a table) so they can be read and grepped. With ``--json`` a command's result is
+one JSON object on stdout instead (:func:`print_json`), and every other line goes to stderr."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import json
+import math
+import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+import pandas as pd
+from pydantic_core import to_jsonable_python
 from rich.console import Console
 from rich.table import Table
 
@@ -23,6 +32,51 @@ if TYPE_CHECKING:  # result types only: their modules import Ray and torch
 
 # soft_wrap: long paths and messages stay on one line (greppable, copy-pasteable).
 console = Console(soft_wrap=True)
+
+
+def route_messages_to_stderr() -> None:
+    """``--json``: stdout holds the result only; every other line the CLI prints goes to stderr."""
+    console.file = sys.stderr
+
+
+def print_json(result: Any) -> None:
+    """A command's result as one line of JSON on stdout (``--json``), for scripts."""
+    sys.stdout.write(json.dumps(jsonable(result), ensure_ascii=False, allow_nan=False) + "\n")
+    sys.stdout.flush()
+
+
+def jsonable(value: Any) -> Any:
+    """JSON data of a result: a dataclass's fields and public properties, a DataFrame's rows, a
+    Counter's counts, sets sorted, dates and paths as strings, NaN as null."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return jsonable({**_fields(value), **_properties(value)})
+    if isinstance(value, pd.DataFrame):
+        frame = value if isinstance(value.index, pd.RangeIndex) else value.reset_index()
+        return jsonable(frame.to_dict(orient="records"))
+    if isinstance(value, Mapping):
+        return {str(key): jsonable(item) for key, item in value.items()}
+    if isinstance(value, set | frozenset):
+        return sorted(jsonable(item) for item in value)
+    if isinstance(value, list | tuple):
+        return [jsonable(item) for item in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return to_jsonable_python(value, fallback=str)
+
+
+def _fields(value: Any) -> dict[str, Any]:
+    return {field.name: getattr(value, field.name) for field in dataclasses.fields(value)}
+
+
+def _properties(value: Any) -> dict[str, Any]:
+    """Computed parts of a result (``ok``, ``rows_read``, ``headline``): scripts want them too."""
+    return {
+        name: getattr(value, name)
+        for name, attribute in vars(type(value)).items()
+        if isinstance(attribute, property) and not name.startswith("_")
+    }
 
 
 def print_validation(report: ArchiveReport) -> None:

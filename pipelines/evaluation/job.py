@@ -75,7 +75,7 @@ def evaluate_run(
             since, until = _test_days(model_dir)
     archive = archive_uri or tracker.get(run_id).params.get("archive") or config.archive_uri
     # Data and scores.
-    with ray_session():
+    with ray_session(config):
         rows = labelled_rows(archive, classifier.text_builder, since, until)
     evaluation, unseen = score_rows(classifier, rows, config)
     # Report, into the run.

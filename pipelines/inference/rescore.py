@@ -209,7 +209,7 @@ def _score_pending(
 ) -> None:
     """Run the pipeline over the pending days; a file that cannot be read is named (``fail``)
     or skipped and the pipeline restarted on the days not committed yet (``skip``)."""
-    with ray_session():
+    with ray_session(config):
         while True:
             files = _open_pass(archive, pending, writer)
             if not files:

@@ -209,7 +209,7 @@ def _predict_evaluation_set(
     since, until = window.first, window.last
     predictions: dict[str, pd.Series] = {}
     truth = None
-    with ray_session():
+    with ray_session(config):
         for role, model in (("challenger", challenger), ("champion", champion)):
             if model is None:
                 continue

@@ -151,7 +151,7 @@ def train(config: OncallConfig, request: TrainRequest) -> TrainResult:
     # Workers do not share the driver's working directory: every local path must be absolute.
     request = dataclasses.replace(request, base_dir=request.base_dir.resolve())
     tracker = Tracker(config)
-    with ray_session():
+    with ray_session(config):
         if config.train.use_gpu and ray.cluster_resources().get("GPU", 0) <= 0:
             raise ConfigError("train.use_gpu is set (--gpu) but the Ray cluster has no GPUs")
         # Datasets
@@ -160,8 +160,10 @@ def train(config: OncallConfig, request: TrainRequest) -> TrainResult:
         with tracker.run(config.registry.experiment, run_name=run_name, tags=request.run_tags) as run:
             _log_inputs(run, config, request, window)
             # Training
+            log.info("training run %s: %d epoch(s) with Ray Train", run.run_id, config.train.epochs)
             checkpoint = fit(config, request, window, run)
             # Evaluation and the logged classifier
+            log.info("evaluating run %s and logging its classifier", run.run_id)
             published = publish(config, request, window, checkpoint, run)
         # Registration (of the finished run)
         version = (

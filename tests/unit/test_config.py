@@ -144,6 +144,20 @@ def test_environment_values_are_parsed_and_aliases_apply(tmp_path: Path) -> None
     assert config.serve.auth_tokens == ["alpha", "beta"]
     assert config.data_dir == tmp_path
     assert config.train.use_gpu is True
+    assert config.logging.level == "DEBUG"  # ONCALL_LOG_LEVEL is the short name of logging.level
+
+
+def test_logging_settings_for_commands_and_serve_replicas(tmp_path: Path) -> None:
+    config = load_config(environ={"ONCALL_LOGGING__FORMAT": "json"}, overrides={"logging.level": "warning"})
+    assert config.logging.level == "WARNING" and config.logging.format == "json"
+    assert config.logging.serve_logging() == {"encoding": "JSON", "log_level": "WARNING"}
+    assert OncallConfig().logging.ray_output == "files"  # quiet unless asked
+    with pytest.raises(ConfigError, match=r"logging\.format"):
+        load_config(write(tmp_path, "logging:\n  format: xml\n"), environ={})
+    assert (
+        load_config(environ={}, overrides={"data_dir": tmp_path}).ray_sessions_dir
+        == tmp_path / "ray" / "sessions"
+    )
 
 
 @pytest.mark.parametrize(

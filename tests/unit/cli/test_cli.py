@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import re
@@ -50,7 +51,7 @@ def test_sample_data_then_validate(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "150" in done.stdout and "ownership move" in done.stdout
-    assert json.loads((archive / "manifest.json").read_text())["tickets"] == 150
+    assert json.loads((archive / "_manifest.json").read_text())["tickets"] == 150
 
     checked = run("validate", "--archive", str(archive))
     assert checked.returncode == 0, checked.stdout + checked.stderr
@@ -153,3 +154,102 @@ def test_the_demo_overlay_changes_only_what_it_names(tmp_path: Path) -> None:
     user_file.write_text("train:\n  epochs: 4\n")
     user = load_config(DEMO_OVERLAY, user_file, environ={})
     assert user.train.epochs == 4 and user.model.max_length == 64  # the user's file wins
+
+
+def test_version_prints_the_package_version() -> None:
+    done = run("--version")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"oncall-router {importlib.metadata.version('oncall-router')}\n"
+
+
+def small_sample(tmp_path: Path, *options: str) -> subprocess.CompletedProcess[str]:
+    archive = tmp_path / "archive"
+    return run(
+        *options,
+        "--data-dir",
+        str(tmp_path),
+        "sample-data",
+        "--out",
+        str(archive),
+        "--days",
+        "2",
+        "--tickets-per-day",
+        "20",
+        "--tenants",
+        "5",
+    )
+
+
+def only_json(done: subprocess.CompletedProcess[str]) -> dict[str, object]:
+    """stdout of a --json command: one JSON object and nothing else."""
+    lines = done.stdout.splitlines()
+    assert len(lines) == 1, done.stdout
+    return json.loads(lines[0])
+
+
+def test_json_results_are_one_object_on_stdout_with_logs_on_stderr(tmp_path: Path) -> None:
+    made = small_sample(tmp_path, "--json")
+    assert made.returncode == 0, made.stderr
+    result = only_json(made)
+    assert result["archive"] == str(tmp_path / "archive") and result["manifest"]["tickets"] == 40
+    assert "wrote " in made.stderr  # the generator's log lines
+
+    checked = run("--json", "validate", "--archive", str(tmp_path / "archive"))
+    report = only_json(checked)
+    assert checked.returncode == 0 and report["ok"] is True  # a property of the report, too
+    assert report["rows"] == 40 and report["days"] == 2 and report["problems"] == []
+
+
+def test_a_failing_validation_is_json_too_and_exits_1(tmp_path: Path) -> None:
+    (tmp_path / "date=2026-10-01").mkdir()
+    pq.write_table(pa.table({"ticket_id": ["a"]}), tmp_path / "date=2026-10-01" / "part-0.parquet")
+    done = run("--json", "validate", "--archive", str(tmp_path))
+    assert done.returncode == 1
+    report = only_json(done)
+    assert report["ok"] is False and "title" in json.dumps(report["problems"])
+
+
+def test_json_log_lines_parse_with_time_level_logger_and_message(tmp_path: Path) -> None:
+    done = small_sample(tmp_path, "--log-format", "json")
+    assert done.returncode == 0, done.stderr
+    entries = [json.loads(line) for line in done.stderr.splitlines()]
+    assert entries, "sample-data logs a line per day"
+    for entry in entries:
+        assert {"time", "level", "logger", "message"} <= set(entry), entry
+    assert any(e["logger"] == "pipelines.data.sample.generator" and e["level"] == "INFO" for e in entries)
+    assert "ownership move" in done.stdout  # the human result is unchanged
+
+
+@pytest.mark.parametrize(
+    ("args", "env"),
+    [
+        (["--log-level", "WARNING"], {}),
+        ([], {"ONCALL_LOG_LEVEL": "warning"}),
+        ([], {"ONCALL_LOGGING__LEVEL": "ERROR"}),
+    ],
+)
+def test_the_log_level_is_an_option_and_a_config_key(
+    tmp_path: Path, args: list[str], env: dict[str, str]
+) -> None:
+    done = run(
+        *args,
+        "--data-dir",
+        str(tmp_path),
+        "sample-data",
+        "--out",
+        str(tmp_path / "a"),
+        "--days",
+        "1",
+        "--tickets-per-day",
+        "5",
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "INFO" not in done.stderr and "wrote " not in done.stderr
+
+
+def test_an_unknown_log_level_is_one_clear_error() -> None:
+    done = run("--log-level", "loud", "validate")
+    assert done.returncode == 2
+    assert "logging.level: Input should be 'DEBUG', 'INFO', 'WARNING' or 'ERROR'" in done.stderr
+    assert "Traceback" not in done.stderr
