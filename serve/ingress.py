@@ -4,12 +4,10 @@ replicas through a ``DeploymentHandle``, so the two scale separately (e.g. CPU i
 
 import asyncio
 import hmac
-import time
 import uuid
-from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, HTTPException, Request, Response, status
+from fastapi import Depends, FastAPI, HTTPException, Response, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from ray import serve
 from ray.serve.handle import DeploymentHandle
@@ -26,7 +24,7 @@ from serve.contract import (
     RouteResult,
     TicketIn,
 )
-from serve.metrics import ingress_metrics
+from serve.metrics import count_requests
 from serve.router_model import ModelNotReadyError
 
 NOT_READY_RETRY_AFTER_S = 5
@@ -47,15 +45,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-@app.middleware("http")
-async def count_requests(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-    started = time.perf_counter()
-    response = await call_next(request)
-    route = request.url.path if request.url.path in ROUTES else "other"
-    metrics = ingress_metrics()
-    metrics.requests.inc(tags={"route": route, "status": str(response.status_code)})
-    metrics.latency_ms.observe((time.perf_counter() - started) * 1000, tags={"route": route})
-    return response
+app.middleware("http")(count_requests(ROUTES))
 
 
 def _new_ticket_id() -> str:

@@ -85,6 +85,7 @@ class TicketRouterModel:
     def refresh(self) -> None:
         """Load the version the alias points at, if it is not the one being served."""
         with self._load_lock:
+            self._metrics.record_nightly_success(self._registry.last_nightly_success())
             alias = self._settings.alias
             ref = self._registry.alias_or_none(alias)
             current = self._loaded
@@ -97,7 +98,7 @@ class TicketRouterModel:
             log.info("loading %s version %s (alias '%s')", ref.name, ref.version, alias)
             classifier = self._registry.load_classifier(ref, batch_size=self._settings.max_batch_size)
             self._loaded = LoadedVersion(classifier, ref, alias, dt.datetime.now(dt.UTC))
-            self._metrics.version.set(float(ref.version))
+            self._metrics.record_version(ref.version)
             log.info(
                 "serving %s version %s (was %s)",
                 ref.name,

@@ -8,6 +8,11 @@ with the date, the gate's decision is tagged on the version, the nightly run rec
 so a re-run of the same date reuses what is done: a finished date is a no-op, a crashed one
 resumes where it stopped, and nothing is trained or registered twice. A lock file keeps two
 runs from overlapping on this data dir.
+
+A successful run is also recorded on the registered model (``Registry.record_nightly_success``):
+the serving replicas export it as ``oncall_router_nightly_last_success_timestamp_seconds``, which
+the stale-nightly alert of ``platform/observability`` reads (this job's Ray cluster, and any
+metric it could export, is gone by then).
 """
 
 from __future__ import annotations
@@ -96,7 +101,7 @@ def run_nightly(config: OncallConfig, request: NightlyRequest) -> NightlySummary
         if done:
             log.info("nightly %s already completed (run %s): nothing to do", request.date, done[0].run_id)
             return _summary_of(done[0], request.date)
-        with ray_session():
+        with ray_session(config):
             return _NightlyRun(config, request).run()
 
 
@@ -138,6 +143,7 @@ class _NightlyRun:
             self._step("rescore", self._rescore)
             self.summary.champion_after = _version_of(self.registry.alias_or_none(CHAMPION))
             _record(run, self.summary, ingested_until)
+            self.registry.record_nightly_success(dt.datetime.now(dt.UTC))
         return self.summary
 
     # -- steps ---------------------------------------------------------------------------------

@@ -40,6 +40,8 @@ PREVIOUS = "previous"
 VERSION_METRICS = ("test_top1", "test_top3", "test_macro_f1", "test_ece", "test_abstain_threshold")
 # The days a run trained, validated and tested on: run params, copied onto the version as tags.
 WINDOW_KEYS = ("window.train", "window.validation", "window.test")
+# A tag of the registered model (not of a version): when the nightly last succeeded (ISO 8601).
+NIGHTLY_SUCCESS_TAG = "nightly.last_success"
 
 
 def window_params(train: DayWindow, validation: DayWindow, test: DayWindow) -> dict[str, str]:
@@ -189,6 +191,24 @@ class Registry:
     def tag(self, version: str, tags: dict[str, str]) -> None:
         for key, value in tags.items():
             self.client.set_model_version_tag(self.name, version, key, value)
+
+    def record_nightly_success(self, at: dt.datetime) -> None:
+        """On the registered model, where every serving replica reads it (and exports it for the
+        alert on a stale nightly); nothing to record on before the first version."""
+        if self._registered_model() is None:
+            log.warning("no registered model '%s': the nightly's success is not recorded", self.name)
+            return
+        self.client.set_registered_model_tag(self.name, NIGHTLY_SUCCESS_TAG, at.isoformat(timespec="seconds"))
+
+    def last_nightly_success(self) -> dt.datetime | None:
+        """None before the first success, or when the tag was edited into something unreadable."""
+        model = self._registered_model()
+        recorded = model.tags.get(NIGHTLY_SUCCESS_TAG) if model is not None else None
+        try:
+            return dt.datetime.fromisoformat(recorded) if recorded else None
+        except ValueError:
+            log.warning("tag %s of '%s' is not a time: %r", NIGHTLY_SUCCESS_TAG, self.name, recorded)
+            return None
 
     def versions_of_run(self, run_id: str) -> list[VersionRef]:
         """Versions registered from a training run (a resumed nightly registers it once)."""
