@@ -202,9 +202,9 @@ def _prepare(args: argparse.Namespace, workdir: Path) -> Workspace:
 
 
 def _archive(path: Path, args: argparse.Namespace) -> Path:
-    from pipelines.data.sample.generator import SampleSpec, generate_archive
+    from pipelines.data.sample.generator import SampleSpec, find_manifest, generate_archive
 
-    if (path / "manifest.json").is_file():
+    if find_manifest(path) is not None:
         log.info("reusing archive %s", path)
         return path
     log.info("generating archive %s", path)

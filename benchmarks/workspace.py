@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.config import DataConfig, OncallConfig, load_config
-from pipelines.data.sample.generator import SampleSpec, generate_archive, read_manifest
+from pipelines.data.sample.generator import SampleSpec, find_manifest, generate_archive, read_manifest
 from pipelines.model.artifact import LabelSet, save_classifier
 from pipelines.model.base import build_preset_base, load_tokenizer
 from pipelines.model.classifier import build_classifier
@@ -69,7 +69,7 @@ def prepare_workspace(
         overrides={"data_dir": data_dir, "data.archive": str(archive), "model.max_length": max_length}
         | dict(overrides or {}),
     )
-    if not (archive / "manifest.json").is_file():
+    if find_manifest(archive) is None:
         log.info("generating %d days × %d tickets under %s", spec.days, spec.tickets_per_day, archive)
         generate_archive(spec, archive, overwrite=True)
     builder = DataConfig().text_builder()

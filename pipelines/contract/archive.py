@@ -27,6 +27,10 @@ log = logging.getLogger(__name__)
 
 PARTITION_KEY = "date"
 _PARTITION_DIR = re.compile(rf"^{PARTITION_KEY}=(\d{{4}}-\d{{2}}-\d{{2}})$")
+# The Parquet convention (pyarrow.dataset, Spark, Hive): names starting with these are metadata.
+_METADATA_PREFIXES = ("_", ".")
+# Sample archives generated before their manifest became `_manifest.json` carry this one.
+_LEGACY_METADATA = frozenset({"manifest.json"})
 
 
 @dataclass(frozen=True)
@@ -148,7 +152,7 @@ class Archive:
         metadata) for other entries."""
         match = _PARTITION_DIR.match(entry.base_name)
         if entry.type != pafs.FileType.Directory or not match:
-            if not entry.base_name.startswith((".", "_")) and entry.base_name != "manifest.json":
+            if not entry.base_name.startswith(_METADATA_PREFIXES) and entry.base_name not in _LEGACY_METADATA:
                 log.warning("ignoring %s: not a %s=YYYY-MM-DD partition", entry.path, PARTITION_KEY)
             return None
         try:

@@ -3,8 +3,9 @@
 The world: tenants (string ids) own services; ticket volume is long-tailed (Zipf-like);
 ownership of some services moves on given days; new tenants appear mid-range with new
 services; a few percent of labels are noise; recent tickets are often unresolved; alert
-storms burst near-duplicates. ``manifest.json`` records all of it so tests and the demo can
-check learning against the truth.
+storms burst near-duplicates. ``_manifest.json`` records all of it so tests and the demo can
+check learning against the truth; its leading ``_`` marks it as metadata (the Parquet convention),
+so ``pyarrow.dataset``, Spark and DuckDB read the archive root as a hive-partitioned dataset.
 """
 
 from __future__ import annotations
@@ -29,7 +30,9 @@ from pipelines.errors import ArchiveError
 
 log = logging.getLogger(__name__)
 
-MANIFEST_NAME = "manifest.json"
+MANIFEST_NAME = "_manifest.json"
+# Archives generated before the rename: still read, and replaced by --overwrite.
+LEGACY_MANIFEST_NAME = "manifest.json"
 MAX_SERVICES_PER_TENANT = 10
 
 
@@ -101,7 +104,7 @@ class World:
 
 
 def generate_archive(spec: SampleSpec, out: Path, *, overwrite: bool = False) -> dict[str, Any]:
-    """Write ``<out>/date=YYYY-MM-DD/part-0.parquet`` for every day and ``manifest.json``.
+    """Write ``<out>/date=YYYY-MM-DD/part-0.parquet`` for every day and ``_manifest.json``.
 
     Refuses to write into a directory holding other data unless ``overwrite`` is set; then
     only earlier partitions and the manifest are replaced.
@@ -127,10 +130,20 @@ def generate_archive(spec: SampleSpec, out: Path, *, overwrite: bool = False) ->
     return manifest
 
 
+def find_manifest(archive: Path) -> Path | None:
+    """The manifest of a generated sample archive (either name), or None."""
+    for name in (MANIFEST_NAME, LEGACY_MANIFEST_NAME):
+        if (archive / name).is_file():
+            return archive / name
+    return None
+
+
 def read_manifest(archive: Path) -> dict[str, Any]:
-    path = archive / MANIFEST_NAME
-    if not path.is_file():
-        raise ArchiveError(f"{path} does not exist: is {archive} a generated sample archive?")
+    path = find_manifest(archive)
+    if path is None:
+        raise ArchiveError(
+            f"{archive / MANIFEST_NAME} does not exist: is {archive} a generated sample archive?"
+        )
     return json.loads(path.read_text())
 
 
@@ -141,7 +154,8 @@ def _prepare_output(out: Path, overwrite: bool) -> None:
     existing = [p for p in out.iterdir() if not p.name.startswith(".")]
     if not existing:
         return
-    ours = [p for p in existing if p.name == MANIFEST_NAME or p.name.startswith(f"{PARTITION_KEY}=")]
+    manifests = (MANIFEST_NAME, LEGACY_MANIFEST_NAME)
+    ours = [p for p in existing if p.name in manifests or p.name.startswith(f"{PARTITION_KEY}=")]
     if not overwrite or len(ours) != len(existing):
         raise ArchiveError(
             f"{out} is not empty; choose an empty directory"

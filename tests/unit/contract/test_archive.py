@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from pathlib import Path
 
 import pyarrow as pa
@@ -33,6 +34,18 @@ def test_partitions_are_listed_in_the_window_oldest_first(
     window = Archive(str(tmp_path)).partitions(since=dt.date(2026, 10, 2), until=dt.date(2026, 10, 2))
     assert [p.day for p in window] == [dt.date(2026, 10, 2)]
     assert "notes" in caplog.text
+
+
+def test_metadata_files_in_the_root_are_skipped_without_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    write_day(tmp_path, "2026-10-01", table())
+    for name in ("_manifest.json", "manifest.json", "_SUCCESS", ".DS_Store", "notes.txt"):
+        (tmp_path / name).write_text("{}")
+    with caplog.at_level(logging.WARNING):
+        assert [p.day for p in Archive(str(tmp_path)).partitions()] == [dt.date(2026, 10, 1)]
+    warned = [r.getMessage() for r in caplog.records]
+    assert len(warned) == 1 and "notes.txt" in warned[0]  # metadata files are not warned about
 
 
 def test_missing_archive_and_bad_partition_date_are_named(tmp_path: Path) -> None:

@@ -5,12 +5,20 @@ import datetime as dt
 import re
 from pathlib import Path
 
+import duckdb
 import pandas as pd
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
 from pipelines.contract.archive import Archive
-from pipelines.data.sample.generator import MANIFEST_NAME, SampleSpec, generate_archive
+from pipelines.data.sample.generator import (
+    LEGACY_MANIFEST_NAME,
+    MANIFEST_NAME,
+    SampleSpec,
+    generate_archive,
+    read_manifest,
+)
 from pipelines.errors import ArchiveError
 from tests.conftest import SMALL_SPEC
 
@@ -104,6 +112,35 @@ def test_refuses_to_overwrite_other_data(tmp_path: Path) -> None:
     with pytest.raises(ArchiveError, match="not empty"):
         generate_archive(spec, tmp_path / "archive", overwrite=True)
     assert (tmp_path / "archive" / MANIFEST_NAME).is_file()  # nothing removed on refusal
+
+
+def test_the_archive_root_reads_as_a_hive_dataset_with_pyarrow_and_duckdb(
+    small_archive: tuple[Path, dict],
+) -> None:
+    archive, manifest = small_archive
+    assert (archive / MANIFEST_NAME).is_file() and not (archive / LEGACY_MANIFEST_NAME).exists()
+    table = ds.dataset(archive, partitioning="hive").to_table(columns=["ticket_id", "date"])
+    per_day = table.group_by("date").aggregate([("ticket_id", "count")]).to_pylist()
+    assert table.num_rows == manifest["tickets"]
+    assert {str(row["date"]): row["ticket_id_count"] for row in per_day} == manifest["tickets_per_day"]
+    glob = f"{archive}/**/*.parquet"
+    rows = duckdb.sql(
+        f"select cast(date as varchar) as day, count(*) as n from read_parquet('{glob}', "
+        "hive_partitioning=true) group by all order by day"
+    ).fetchall()
+    assert dict(rows) == manifest["tickets_per_day"]
+
+
+def test_an_archive_with_the_old_manifest_name_is_still_read_and_overwritten(tmp_path: Path) -> None:
+    spec = dataclasses.replace(SMALL_SPEC, days=2, tickets_per_day=20)
+    archive = tmp_path / "archive"
+    written = generate_archive(spec, archive)
+    (archive / MANIFEST_NAME).rename(archive / LEGACY_MANIFEST_NAME)  # as generated before the rename
+    assert read_manifest(archive) == written
+    generate_archive(dataclasses.replace(spec, days=1), archive, overwrite=True)
+    assert sorted(p.name for p in archive.iterdir()) == [MANIFEST_NAME, "date=2026-10-01"]
+    with pytest.raises(ArchiveError, match=f"{MANIFEST_NAME} does not exist"):
+        read_manifest(tmp_path)
 
 
 def test_invalid_spec_is_named() -> None:
