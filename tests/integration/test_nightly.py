@@ -86,9 +86,13 @@ def test_nightly_learns_the_move_and_the_new_tenant_resumes_after_a_crash_and_is
         f"name='{registry.name}' and tags.`{DATE_TAG}` = '{NIGHTLY_DATE}'"
     )
     assert len(tagged) == 1 and registry.get(alias=CHAMPION).version == first
+    assert registry.last_nightly_success() is None  # a crashed run is not a success
     second = str(tagged[0].version)
 
+    started = dt.datetime.now(dt.UTC).replace(microsecond=0)
     summary = run_nightly(config, NightlyRequest(date=NIGHTLY_DATE))
+    success = registry.last_nightly_success()
+    assert success is not None and success >= started  # what the replicas export for the alert
     assert summary.version == second and {"train", "register"} <= set(summary.reused_steps)
     assert summary.decision == "promoted" and summary.champion_after == second, summary.reasons
     assert registry.get(alias=PREVIOUS).version == first
