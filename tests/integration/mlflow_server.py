@@ -46,6 +46,21 @@ def scratch_database(server_url: str) -> Iterator[str]:
         admin.dispose()
 
 
+def wait_until_answering(url: str, process: subprocess.Popen, log: Path, timeout_s: float) -> None:
+    """Polls ``url`` until it answers 200; fails with the server's log if the process exits or
+    ``timeout_s`` passes first."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"{url} did not answer (server log follows):\n{log.read_text()[-3000:]}")
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -66,17 +81,7 @@ def mlflow_server(backend_url: str, artifacts: Path) -> Iterator[str]:
         process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"mlflow server did not start: {log.read_text()[-3000:]}")
-            time.sleep(0.5)
+        wait_until_answering(f"{url}/health", process, log, STARTUP_TIMEOUT_S)
         yield url
     finally:
         process.terminate()

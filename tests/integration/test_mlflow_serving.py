@@ -16,7 +16,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -28,7 +27,7 @@ import pytest
 from pipelines.config import OncallConfig
 from pipelines.registry.versions import Registry
 from pipelines.training.job import TrainResult
-from tests.integration.mlflow_server import free_port
+from tests.integration.mlflow_server import free_port, wait_until_answering
 from tests.integration.serving import archive_tickets
 
 STARTUP_TIMEOUT_S = 120
@@ -97,25 +96,10 @@ def mlflow_models_serve(model_uri: str, tmp_path: Path, tracking_uri: str) -> It
         )
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_for_ping(url, process, log)
+        wait_until_answering(f"{url}/ping", process, log, STARTUP_TIMEOUT_S)
         yield url
     finally:
         stop_group(process)
-
-
-def wait_for_ping(url: str, process: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"{url}/ping", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        if process.poll() is not None:
-            break
-        time.sleep(0.5)
-    raise RuntimeError(f"mlflow models serve did not answer /ping: {log.read_text()[-3000:]}")
 
 
 def stop_group(process: subprocess.Popen) -> None:
