@@ -25,6 +25,7 @@ from pydantic.fields import FieldInfo
 from pydantic_core import to_jsonable_python
 
 from pipelines.contract.columns import TEXT_COLUMNS
+from pipelines.contract.storage import ObjectStore
 from pipelines.contract.text import TextBuilder
 from pipelines.errors import ConfigError
 
@@ -38,6 +39,7 @@ ENV_ALIASES: dict[str, tuple[str, ...]] = {
     "ONCALL_SERVE_TOKENS": ("serve", "auth_tokens"),
     "ONCALL_TRACKING_URI": ("registry", "tracking_uri"),
     "ONCALL_LOG_LEVEL": ("logging", "level"),
+    "ONCALL_S3_ENDPOINT_URL": ("storage", "endpoint_url"),
 }
 # Variables with the prefix that are not configuration (read by the test-suite, the CLI or the
 # notebooks).
@@ -143,6 +145,15 @@ class TrainConfig(_Section):
         default="inverse_sqrt",
         description="Loss weight of a tenant from its ticket count n: 1, 1/sqrt(n), 1/n.",
     )
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_SPREAD"] = Field(
+        default="PACK",
+        description="Where Ray places the workers: PACK (few nodes), SPREAD, STRICT_SPREAD (one per node).",
+    )
+    worker_resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="Custom Ray resources each worker needs besides CPU/GPU, e.g. {trainer: 1} to "
+        "keep training on the nodes started with that resource.",
+    )
     checkpoints_to_keep: int = Field(default=2, ge=1, description="Ray Train checkpoints kept per run.")
     max_failures: int = Field(
         default=1, ge=0, description="Worker failures a fit survives (it resumes from the last checkpoint)."
@@ -222,8 +233,26 @@ class ServeConfig(_Section):
 
 
 class RescoreConfig(_Section):
+    """Bulk scoring into the scored table: Apache Iceberg in a SQL catalog, one atomic commit
+    per (model version, day)."""
+
     out: str | None = Field(
-        default=None, description="Output root of scored tables; default <data_dir>/scored."
+        default=None,
+        description="Warehouse of the scored table (its data and metadata files): a local directory or "
+        "s3://bucket/prefix; default <data_dir>/scored.",
+    )
+    catalog_uri: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL of the Iceberg SQL catalog (sqlite:///path.db, "
+        "postgresql+psycopg://user@host/db in production; may hold a password, never logged); "
+        "default sqlite:///<out>/catalog.db for a local out, sqlite:///<data_dir>/scored-catalog.db "
+        "for an object-store out.",
+    )
+    table: str = Field(
+        default="oncall.scored_tickets",
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*\.[A-Za-z_][A-Za-z0-9_]*$",
+        description="The scored table, namespace.name: scored rows (reject_reason null) and rejected "
+        "rows (with their reason), partitioned by model_version and date.",
     )
     batch_size: int = Field(default=256, ge=1, description="Tickets per scoring batch.")
     actors: int = Field(default=2, ge=1, description="Scoring actors (at most one per GPU on GPUs).")
@@ -244,6 +273,39 @@ class NightlyConfig(_Section):
     cron: str = Field(default="0 2 * * *", description="When `schedule` runs the nightly (cron, UTC).")
     replay_size: int = Field(default=20000, ge=0, description="Older tickets replayed next to the new days.")
     rescore_days: int = Field(default=7, ge=0, description="Newest days rescored by the champion (0: none).")
+
+
+class StorageConfig(_Section):
+    """The S3-compatible object store behind ``s3://`` URIs (archive, scored table, Ray Train
+    checkpoints). Credentials are not configuration: the standard AWS chain provides them
+    (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a profile, an instance or pod role)."""
+
+    endpoint_url: str | None = Field(
+        default=None,
+        description="Endpoint of an S3-compatible store (MinIO, Ceph, a local moto), e.g. "
+        "http://127.0.0.1:9000; null: AWS itself (or AWS_ENDPOINT_URL).",
+    )
+    region: str | None = Field(default=None, description="Region of the buckets; null: the SDK's default.")
+
+    def object_store(self) -> ObjectStore:
+        return ObjectStore(endpoint_url=self.endpoint_url, region=self.region)
+
+
+class RayConfig(_Section):
+    """Which Ray the commands use."""
+
+    address: str | None = Field(
+        default=None,
+        description="A running cluster to join (ray://host:10001, host:6379 or 'auto'); null: "
+        "RAY_ADDRESS if set, else a fresh local Ray started by the command. A cluster with token "
+        "auth (Ray's default for `ray start --head`) needs RAY_AUTH_MODE=token and the token "
+        "(RAY_AUTH_TOKEN_PATH or RAY_AUTH_TOKEN) in the environment.",
+    )
+    storage_path: str | None = Field(
+        default=None,
+        description="Ray Train's run storage (checkpoints): a directory every node can reach; "
+        "s3://bucket/prefix on a cluster, whose nodes share no disk; default <data_dir>/ray.",
+    )
 
 
 class LoggingConfig(_Section):
@@ -303,6 +365,10 @@ class OncallConfig(_Section):
     serve: ServeConfig = Field(default_factory=ServeConfig, description="The Ray Serve routing endpoint.")
     rescore: RescoreConfig = Field(default_factory=RescoreConfig, description="Bulk scoring of archives.")
     nightly: NightlyConfig = Field(default_factory=NightlyConfig, description="The online-learning loop.")
+    storage: StorageConfig = Field(
+        default_factory=StorageConfig, description="Object storage behind s3:// URIs."
+    )
+    ray: RayConfig = Field(default_factory=RayConfig, description="The Ray cluster the commands use.")
     logging: LoggingConfig = Field(
         default_factory=LoggingConfig, description="Log lines, progress and where Ray's output goes."
     )
@@ -329,6 +395,15 @@ class OncallConfig(_Section):
     @property
     def ray_storage_dir(self) -> Path:
         return self.data_dir / "ray"
+
+    @property
+    def train_storage(self) -> str:
+        """Ray Train's storage_path: configured (``s3://`` on a cluster) or under data_dir."""
+        return self.ray.storage_path or str(self.ray_storage_dir)
+
+    @property
+    def object_store(self) -> ObjectStore:
+        return self.storage.object_store()
 
     @property
     def ray_sessions_dir(self) -> Path:

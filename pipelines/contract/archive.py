@@ -12,7 +12,6 @@ import logging
 import re
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
@@ -21,6 +20,7 @@ import pyarrow.parquet as pq
 
 from pipelines.contract.columns import LABEL_COLUMN, REJECT_REASON_COLUMN
 from pipelines.contract.rows import SchemaProblem, check_arrow_schema, conform_table, split_valid_rows
+from pipelines.contract.storage import ObjectStore
 from pipelines.errors import ArchiveError
 
 log = logging.getLogger(__name__)
@@ -41,13 +41,10 @@ class Partition:
     files: tuple[str, ...]
 
 
-def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
-    """A pyarrow filesystem and the path on it for a local path or a URI."""
-    try:
-        return pafs.FileSystem.from_uri(uri)
-    except (pa.ArrowInvalid, ValueError):
-        # A relative local path: absolute, since Ray tasks do not share the driver's cwd.
-        return pafs.LocalFileSystem(), str(Path(uri).resolve())
+def resolve(uri: str, store: ObjectStore | None = None) -> tuple[pafs.FileSystem, str]:
+    """A pyarrow filesystem and the path on it for a local path or a URI (``store``: the
+    object store's endpoint settings, default the SDK's)."""
+    return (store or ObjectStore()).resolve(uri)
 
 
 def partition_dir(archive_uri: str, day: dt.date) -> str:
@@ -85,9 +82,9 @@ class Archive:
     """A ticket archive at ``uri`` (local path, ``s3://``, ``gs://``) and the filesystem it lives
     on: its day partitions, their footer checks, and reads of its files."""
 
-    def __init__(self, uri: str) -> None:
+    def __init__(self, uri: str, store: ObjectStore | None = None) -> None:
         self.uri = uri
-        self.filesystem, self.root = resolve(uri)
+        self.filesystem, self.root = resolve(uri, store)
 
     def partitions(self, since: dt.date | None = None, until: dt.date | None = None) -> list[Partition]:
         """Day partitions within ``[since, until]`` (inclusive), oldest first."""
