@@ -12,12 +12,9 @@ import pandas as pd
 import pyarrow as pa
 
 from pipelines.contract.columns import LABEL_COLUMN, PATH_COLUMN, REJECT_REASON_COLUMN
-from pipelines.contract.rows import TICKET_READ_SCHEMA, split_valid_rows
-from pipelines.inference.output import REJECTED_SCHEMA, SCORED_SCHEMA
+from pipelines.contract.rows import split_valid_rows
+from pipelines.inference.schema import BATCH_SCHEMA, REJECTED_SCHEMA
 from pipelines.model.inference import Prediction, TicketClassifier
-
-_PREDICTION_FIELDS = [f for f in SCORED_SCHEMA if f.name not in (*TICKET_READ_SCHEMA.names, "current_tenant")]
-BATCH_SCHEMA = pa.schema([*REJECTED_SCHEMA, pa.field(PATH_COLUMN, pa.string()), *_PREDICTION_FIELDS])
 
 
 class ScoreTickets:

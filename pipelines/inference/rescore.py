@@ -3,8 +3,9 @@
 One Ray Data pipeline streams every pending file of the window (``read_parquet``) through an
 actor pool of :class:`ScoreTickets`, which wraps :class:`TicketClassifier`, the class the Serve
 deployment wraps too, so a ticket scored online and in bulk by the same version gets the same
-answer. The driver groups the scored blocks by day and commits each day on its own
-(the output layout and the commit: :mod:`pipelines.inference.output`).
+answer. The driver groups the scored blocks by day and commits each day on its own to the scored
+table (:mod:`pipelines.inference.output`, :mod:`pipelines.inference.table`); the misroute report
+is read back from the table.
 """
 
 from __future__ import annotations
@@ -19,16 +20,15 @@ from pathlib import Path
 from typing import Literal
 
 import pyarrow as pa
-import pyarrow.fs as pafs
 import ray
 import ray.data
 
 from pipelines.config import OncallConfig
-from pipelines.contract.archive import Archive, Partition, resolve
+from pipelines.contract.archive import Archive, Partition
 from pipelines.contract.rows import TICKET_READ_SCHEMA
 from pipelines.errors import ArchiveError, ConfigError
 from pipelines.inference.actor import ScoreTickets
-from pipelines.inference.output import VERSION_KEY, PartitionWriter, committed_days
+from pipelines.inference.output import PartitionWriter
 from pipelines.inference.summary import (
     MISROUTED_ARTIFACT,
     PartitionResult,
@@ -37,7 +37,9 @@ from pipelines.inference.summary import (
     log_metrics,
     log_params,
     log_reports,
+    report_misroutes,
 )
+from pipelines.inference.table import ScoredTable
 from pipelines.ray_runtime import ray_session
 from pipelines.registry.tracking import Tracker
 from pipelines.registry.versions import CHAMPION, Registry, VersionRef
@@ -77,19 +79,19 @@ def rescore(
     interrupt a run)."""
     request = request or RescoreRequest()
     started = time.monotonic()
-    # Plan: the version, its output directory, the archive's days not committed yet.
+    # Plan: the version, the scored table, the archive's days the table does not hold yet.
     registry = Registry(config)
     ref = _version_of(registry, request)
-    archive = Archive(request.archive_uri or config.archive_uri)
-    out = _Output.of(request.out_uri or config.rescore_out, ref)
+    archive = Archive(request.archive_uri or config.archive_uri, config.object_store)
+    table = ScoredTable.open(config, request.out_uri)
     summary = RescoreSummary(
         archive=archive.uri,
-        output=out.uri,
+        output=str(table),
         model_name=ref.name,
         model_version=ref.version,
         on_bad_file=request.on_bad_file or config.rescore.on_bad_file,
     )
-    pending = _plan(archive, request, summary, committed_days(out.filesystem, out.version_dir))
+    pending = _plan(archive, request, summary, table.committed_days(ref.version))
 
     # Score and commit each day, in one MLflow run whose metrics are logged even when it fails.
     run_name = f"rescore-v{ref.version}-{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}"
@@ -102,16 +104,15 @@ def rescore(
             misrouted_csv = Path(folder) / MISROUTED_ARTIFACT
             try:
                 if pending:
-                    writer = PartitionWriter(
-                        out.filesystem, out.root, out.version_dir, ref, summary, misrouted_csv, on_commit
-                    )
+                    writer = PartitionWriter(table, ref, summary, on_commit)
                     model = _ScoringModel.of(registry, ref, Path(folder))
                     _score_pending(config, archive, model, pending, writer)
             finally:
                 summary.seconds = time.monotonic() - started
                 log_metrics(run, summary)
 
-            # Summary: the run's reports.
+            # Summary: the run's reports, misroutes read back from the table.
+            report_misroutes(table, summary, misrouted_csv)
             log_reports(run, summary, misrouted_csv)
     log.info(
         "rescored %d row(s) in %.1f s: %d scored, %d rejected, %d misrouted",
@@ -133,22 +134,6 @@ def _version_of(registry: Registry, request: RescoreRequest) -> VersionRef:
 def _alias_of(request: RescoreRequest) -> str:
     """The alias the run followed, as logged ('' when a version number was given)."""
     return request.alias or ("" if request.version else CHAMPION)
-
-
-@dataclass(frozen=True)
-class _Output:
-    """Where a version's scored days go: ``<out>/model_version=<v>`` on its filesystem."""
-
-    uri: str  # <out>/model_version=<v>, as given
-    filesystem: pafs.FileSystem
-    root: str  # <out> on the filesystem
-    version_dir: str  # <out>/model_version=<v> on the filesystem
-
-    @classmethod
-    def of(cls, out_uri: str, ref: VersionRef) -> _Output:
-        filesystem, root = resolve(out_uri)
-        version = f"{VERSION_KEY}={ref.version}"
-        return cls(f"{out_uri.rstrip('/')}/{version}", filesystem, root, f"{root.rstrip('/')}/{version}")
 
 
 @dataclass(frozen=True)

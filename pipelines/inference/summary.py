@@ -10,8 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow.compute as pc
 
 from pipelines.config import OncallConfig
+from pipelines.inference.schema import CURRENT_TENANT_COLUMN, DATE_COLUMN
+from pipelines.inference.table import ScoredTable
 from pipelines.registry.tracking import RunLog
 
 MISROUTED_ARTIFACT = "misrouted.csv"
@@ -21,7 +24,7 @@ MISROUTED_COLUMNS = [
     "created_at",
     "service",
     "title",
-    "current_tenant",
+    CURRENT_TENANT_COLUMN,
     "predicted_tenant",
     "confidence",
 ]
@@ -52,7 +55,7 @@ class PartitionResult:
 @dataclass
 class RescoreSummary:
     archive: str
-    output: str  # <out>/model_version=<v>
+    output: str  # "<table> in <warehouse>"
     model_name: str
     model_version: str
     on_bad_file: str
@@ -166,6 +169,45 @@ def version_key(version: str) -> tuple[int, str]:
     return (int(version), "") if version.isdigit() else (-1, version)
 
 
+def compare_with_previous(table: ScoredTable, version: str, result: PartitionResult) -> None:
+    """Compare a committed day with the newest earlier version that has it in the table: tickets
+    both scored, and how many of them changed tenant."""
+    earlier = [v for v in table.versions_of(result.day) if version_key(v) < version_key(version)]
+    if not earlier:
+        return
+    previous = max(earlier, key=version_key)
+    columns = ("ticket_id", "predicted_tenant")
+    before = table.read(previous, [result.day], columns=columns)
+    after = table.read(version, [result.day], columns=columns)
+    both = after.join(before, "ticket_id", join_type="inner", right_suffix="_before")
+    result.previous_version = previous
+    result.compared = both.num_rows
+    result.changed = both.num_rows - (
+        pc.sum(pc.equal(both["predicted_tenant"], both["predicted_tenant_before"])).as_py() or 0
+    )
+
+
+def report_misroutes(table: ScoredTable, summary: RescoreSummary, misrouted_csv: Path) -> None:
+    """The misrouted tickets of the days this run committed, read back from the table: the CSV,
+    the most misrouted services and ``current → predicted`` moves."""
+    from pyiceberg.expressions import EqualTo
+
+    days = [p.day for p in summary.partitions]
+    if not days:
+        return
+    rows = table.read(
+        summary.model_version,
+        days,
+        columns=(DATE_COLUMN, *MISROUTED_COLUMNS),
+        where=EqualTo("misrouted", True),
+    )
+    frame = rows.to_pandas().sort_values([DATE_COLUMN, "created_at", "ticket_id"], ignore_index=True)
+    frame[DATE_COLUMN] = frame[DATE_COLUMN].map(dt.date.isoformat)
+    summary.misrouted_services.update(frame["service"].fillna("(no service)"))
+    summary.misrouted_moves.update(frame[CURRENT_TENANT_COLUMN] + " → " + frame["predicted_tenant"])
+    frame.to_csv(misrouted_csv, index=False)
+
+
 def log_params(
     run: RunLog,
     config: OncallConfig,
@@ -176,7 +218,7 @@ def log_params(
     until: dt.date | None,
 ) -> None:
     """What the run scored, with what, and the ``rescore.*`` settings."""
-    run.params(config.rescore.model_dump(), prefix="rescore")
+    run.params(config.rescore.model_dump(exclude={"catalog_uri"}), prefix="rescore")  # may hold a password
     run.params(
         {
             "archive": summary.archive,
@@ -200,7 +242,7 @@ def log_reports(run: RunLog, summary: RescoreSummary, misrouted_csv: Path) -> No
     """The summary, per-day counts and the misrouted tickets (CSV) of a finished run."""
     folder = misrouted_csv.parent
     if not misrouted_csv.exists():
-        pd.DataFrame(columns=["date", *MISROUTED_COLUMNS]).to_csv(misrouted_csv, index=False)
+        pd.DataFrame(columns=[DATE_COLUMN, *MISROUTED_COLUMNS]).to_csv(misrouted_csv, index=False)
     (folder / "summary.json").write_text(json.dumps(summary.as_dict(), indent=2, default=str) + "\n")
     summary.by_date().to_csv(folder / "by_date.csv", index=False)
     for name in (MISROUTED_ARTIFACT, "summary.json", "by_date.csv"):

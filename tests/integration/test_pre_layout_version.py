@@ -25,6 +25,7 @@ from pipelines.config import OncallConfig
 from pipelines.contract.columns import TEXT_COLUMNS
 from pipelines.contract.rows import TICKET_SCHEMA
 from pipelines.inference.rescore import RescoreRequest, rescore
+from pipelines.inference.table import ScoredTable
 from pipelines.model.artifact import LabelSet
 from pipelines.predict import TicketClassifier
 from pipelines.registry.tracking import MODEL_ARTIFACT, Tracker
@@ -131,7 +132,7 @@ def test_rescore_scores_an_archive_with_the_registered_version(
     archived = pq.read_table(archive_with_fixture_tickets).num_rows
     assert (summary.model_name, summary.model_version) == (MODEL_NAME, "1")
     assert summary.rows_read == archived == summary.rows_scored + sum(summary.rejected.values())
-    scored = pq.read_table(out / "model_version=1").to_pandas().set_index("ticket_id")
+    scored = ScoredTable.open(registered, str(out)).read("1").to_pandas().set_index("ticket_id")
     assert len(scored) == summary.rows_scored
     assert set(scored["predicted_tenant"]) <= set(LabelSet.load(CLASSIFIER_DIR).tenants)
     fixture_rows = scored.loc[[f"PRE-{i}" for i in CONTRACT]]

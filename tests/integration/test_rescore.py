@@ -1,5 +1,5 @@
 """Batch rescoring: counts, equality with TicketClassifier.predict, idempotence, resuming after
-an interruption, and bad input under both policies."""
+an interruption, two runs racing on one table, and bad input under both policies."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pandas as pd
@@ -20,9 +21,10 @@ import pytest
 from pipelines.config import OncallConfig
 from pipelines.contract.columns import REJECT_EMPTY_TITLE
 from pipelines.errors import ArchiveError
-from pipelines.inference.output import MARKER, REJECTED_DIR, SCORED_SCHEMA
 from pipelines.inference.rescore import RescoreRequest, rescore
-from pipelines.inference.summary import MISROUTED_ARTIFACT, PartitionResult
+from pipelines.inference.schema import TABLE_SCHEMA
+from pipelines.inference.summary import MISROUTED_ARTIFACT, PartitionResult, RescoreSummary
+from pipelines.inference.table import ScoredTable, ScoredTableError
 from pipelines.registry.tracking import tracking_client
 from pipelines.registry.versions import Registry
 from pipelines.training.job import TrainResult
@@ -40,12 +42,39 @@ def archive_rows(archive: Path, days: list[dt.date]) -> pd.DataFrame:
     )
 
 
-def output_rows(out: Path, version: str = "1") -> pd.DataFrame:
-    return pq.read_table(out / f"model_version={version}").to_pandas()
+def scored_table(config: OncallConfig, out: Path) -> ScoredTable:
+    return ScoredTable.open(config, str(out))
 
 
-def committed_files(out: Path) -> dict[str, int]:
-    return {str(path): path.stat().st_mtime_ns for path in sorted(out.rglob("*")) if path.is_file()}
+def output_rows(config: OncallConfig, out: Path, version: str = "1") -> pd.DataFrame:
+    """The scored rows of a version, read through the catalog as a pandas user would."""
+    return scored_table(config, out).read(version).to_pandas()
+
+
+def day_snapshots(config: OncallConfig, out: Path) -> dict[str, dict[str, str]]:
+    """The newest snapshot summary of each day's commit, by day (``oncall.*`` properties)."""
+    summaries = {}
+    for snapshot in scored_table(config, out).load().snapshots():
+        properties = snapshot.summary.additional_properties if snapshot.summary else {}
+        if "oncall.date" in properties:
+            summaries[properties["oncall.date"]] = properties
+    return summaries
+
+
+def seed_earlier_version(config: OncallConfig, out: Path, rows: pd.DataFrame) -> None:
+    """Version 0's answers for ``rows`` (all 'nobody'), committed straight with pyiceberg."""
+    n = len(rows)
+    given = {
+        "date": [rows["created_at"].dt.date.iloc[0]] * n,
+        "ticket_id": rows["ticket_id"].tolist(),
+        "created_at": rows["created_at"].tolist(),
+        "predicted_tenant": ["nobody"] * n,
+        "model_name": ["earlier"] * n,
+        "model_version": ["0"] * n,
+        "scored_at": [dt.datetime.now(dt.UTC)] * n,
+    }
+    table = pa.table({f.name: pa.array(given.get(f.name, [None] * n), f.type) for f in TABLE_SCHEMA})
+    scored_table(config, out).load().append(table)
 
 
 def test_rescore_matches_the_classifier_and_a_second_run_is_a_no_op(
@@ -55,15 +84,9 @@ def test_rescore_matches_the_classifier_and_a_second_run_is_a_no_op(
     archive = small_archive[0]
     out = tmp_path / "scored"
     rows = archive_rows(archive, DAYS)
-    # An earlier version's output of the first day, every prediction different.
-    earlier = out / "model_version=0" / f"date={SINCE}"
-    earlier.mkdir(parents=True)
+    # An earlier version's answers for the first day, every prediction different.
     first_day = rows[rows["created_at"].dt.date == SINCE]
-    pq.write_table(
-        pa.table({"ticket_id": first_day["ticket_id"], "predicted_tenant": ["nobody"] * len(first_day)}),
-        earlier / "part-00000.parquet",
-    )
-    (earlier / MARKER).write_text("{}")
+    seed_earlier_version(config, out, first_day)
     request = RescoreRequest(
         archive_uri=str(archive), out_uri=str(out), version="1", since=SINCE, until=UNTIL
     )
@@ -72,15 +95,20 @@ def test_rescore_matches_the_classifier_and_a_second_run_is_a_no_op(
 
     assert summary.rows_read == len(rows) == summary.rows_scored + sum(summary.rejected.values())
     assert [p.day for p in sorted(summary.partitions, key=lambda p: p.day)] == DAYS
-    scored = output_rows(out)
-    assert [name for name in scored.columns if name != "date"] == SCORED_SCHEMA.names
+    scored = output_rows(config, out)
+    assert scored.columns.tolist() == TABLE_SCHEMA.names
     assert sorted(scored["ticket_id"]) == sorted(rows["ticket_id"])
     assert (scored["model_version"] == "1").all() and (
         scored["model_name"] == config.registry.model_name
     ).all()
-    for day in DAYS:
-        assert (out / "model_version=1" / f"date={day}" / MARKER).is_file()
-    assert not list((out / "model_version=1").glob(".tmp-*"))
+    # One commit per day, its snapshot naming the run and the day's counts.
+    commits = day_snapshots(config, out)
+    for result in summary.partitions:
+        properties = commits[result.day.isoformat()]
+        assert properties["oncall.run_id"] == summary.run_id
+        assert properties["oncall.model_version"] == "1"
+        assert int(properties["oncall.rows"]) == result.rows
+        assert int(properties["oncall.scored"]) == result.scored == (scored["date"] == result.day).sum()
 
     # The same answers as the inference class on the same rows.
     classifier = Registry(config).load_classifier(version="1")
@@ -115,11 +143,17 @@ def test_rescore_matches_the_classifier_and_a_second_run_is_a_no_op(
     csv = client.download_artifacts(summary.run_id, MISROUTED_ARTIFACT, str(tmp_path))
     assert len(pd.read_csv(csv)) == summary.misrouted
 
-    before = committed_files(out)
+    # DuckDB reads the same rows (pyiceberg hands it the scan as Arrow).
+    connection = scored_table(config, out).load().scan(row_filter="model_version == '1'").to_duckdb("scored")
+    assert connection.execute("select count(*) from scored where reject_reason is null").fetchone() == (
+        len(scored),
+    )
+
+    before = scored_table(config, out).load().current_snapshot()
     again = rescore(config, request)
     assert again.partitions == [] and again.rows_read == 0
     assert again.already_committed == DAYS
-    assert committed_files(out) == before
+    assert scored_table(config, out).load().current_snapshot() == before
 
 
 class InterruptedRunError(Exception):
@@ -133,7 +167,7 @@ def test_an_interrupted_run_resumes_without_duplicates(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     config, _ = trained_run
-    monkeypatch.setattr("pipelines.inference.output.ROWS_PER_FILE", 100)  # several files per day
+    monkeypatch.setattr("pipelines.inference.output.ROWS_PER_BLOCK", 100)  # several files per day
     out = tmp_path / "scored"
     request = RescoreRequest(
         archive_uri=str(small_archive[0]), out_uri=str(out), version="1", since=SINCE, until=UNTIL
@@ -147,27 +181,100 @@ def test_an_interrupted_run_resumes_without_duplicates(
 
     with pytest.raises(InterruptedRunError):
         rescore(config, request, on_commit=stop_after_two)
-    version_dir = out / "model_version=1"
-    assert sorted(path.parent.name for path in version_dir.glob(f"*/{MARKER}")) == sorted(
-        f"date={day}" for day in committed
+    table = scored_table(config, out)
+    assert table.committed_days("1") == set(committed)
+    # What a kill during a commit leaves: data files no snapshot references, read by no one.
+    data_files = sorted(Path(table.load().location().removeprefix("file://"), "data").rglob("*.parquet"))
+    orphan = data_files[0].parent / "00000-0-killed-mid-commit.parquet"
+    shutil.copy(data_files[0], orphan)
+    rows = archive_rows(small_archive[0], DAYS)
+    assert len(output_rows(config, out)) == sum(
+        (rows["created_at"].dt.date == day).sum() for day in committed
     )
-    # What a kill leaves too: a day moved into place without its marker, a temp dir mid-write.
-    (version_dir / f"date={committed[0]}" / MARKER).unlink()
-    leftover = version_dir / ".tmp-date=2026-10-03-deadbeef"
-    leftover.mkdir()
-    shutil.copy(next((version_dir / f"date={committed[1]}").glob("part-*.parquet")), leftover)
 
     resumed = rescore(config, request)
 
-    assert resumed.already_committed == [committed[1]]
-    assert sorted(p.day for p in resumed.partitions) == sorted(set(DAYS) - {committed[1]})
-    rows = archive_rows(small_archive[0], DAYS)
-    scored = output_rows(out)
+    assert resumed.already_committed == sorted(committed)
+    assert [p.day for p in resumed.partitions] == sorted(set(DAYS) - set(committed))
+    scored = output_rows(config, out)
     assert len(scored) == len(rows) and scored["ticket_id"].is_unique
     assert set(scored["ticket_id"]) == set(rows["ticket_id"])
-    assert not leftover.exists()
-    assert all((version_dir / f"date={day}" / MARKER).is_file() for day in DAYS)
-    assert all(len(list((version_dir / f"date={day}").glob("part-*.parquet"))) >= 2 for day in DAYS)
+    files_per_day = pd.Series(
+        [task.file.partition[1] for task in table.load().scan().plan_files()]
+    ).value_counts()
+    assert len(files_per_day) == len(DAYS) and (files_per_day >= 2).all()
+
+
+@pytest.mark.parametrize("days", [3, 1], ids=["three days", "one day"])
+def test_two_runs_racing_on_one_table_leave_every_row_once(
+    trained_run: tuple[OncallConfig, TrainResult],
+    small_archive: tuple[Path, dict],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    days: int,
+) -> None:
+    """Both runs reach their first commit before either commits (a barrier in the catalog's
+    commit): one commit loses the compare-and-swap, and pyiceberg re-validates it on the new
+    snapshot. A commit of another day goes through; a commit of the same day (certain with one
+    day) fails validation and that run stops with a ScoredTableError. No row is lost or doubled."""
+    from pyiceberg.catalog.sql import SqlCatalog
+    from pyiceberg.exceptions import CommitFailedException
+
+    config, _ = trained_run
+    config = config.model_copy(update={"rescore": config.rescore.model_copy(update={"actors": 1})})
+    out = tmp_path / "scored"
+    table = scored_table(config, out)  # created before the race: the barrier sees day commits only
+    window = DAYS[:days]
+    request = RescoreRequest(
+        archive_uri=str(small_archive[0]), out_uri=str(out), version="1", since=SINCE, until=window[-1]
+    )
+    real_commit = SqlCatalog.commit_table
+    first_commits = threading.Barrier(2, timeout=240)
+    arrived: set[int] = set()
+    lost: list[str] = []
+
+    def racing_commit(catalog: SqlCatalog, *args: object, **kwargs: object) -> object:
+        if threading.get_ident() not in arrived:
+            arrived.add(threading.get_ident())
+            first_commits.wait()
+        try:
+            return real_commit(catalog, *args, **kwargs)
+        except CommitFailedException as exc:
+            lost.append(str(exc))
+            raise
+
+    monkeypatch.setattr(SqlCatalog, "commit_table", racing_commit)
+    outcomes: list[RescoreSummary | BaseException] = []
+
+    def run() -> None:
+        try:
+            outcomes.append(rescore(config, request))
+        except BaseException as exc:  # the outcome is what the test checks
+            outcomes.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=600)
+    assert len(outcomes) == 2, "a run did not finish"
+
+    assert lost, "the two commits did not race"
+    failures = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
+    for failure in failures:
+        assert isinstance(failure, ScoredTableError), repr(failure)
+        assert f"oncall.scored_tickets in {out.resolve().as_uri()}: another run committed" in str(failure)
+        assert "model_version=1 date=2026-10-0" in str(failure)
+    assert len(failures) < 2, "only a run that lost a commit of the same day stops"
+    if days == 1:
+        assert len(failures) == 1, "both runs committed the one day: the later commit must fail validation"
+    rows = archive_rows(small_archive[0], window)
+    scored = output_rows(config, out)
+    assert len(scored) == len(rows) and scored["ticket_id"].is_unique
+    assert set(scored["ticket_id"]) == set(rows["ticket_id"])
+    assert table.committed_days("1") == set(window)
+    monkeypatch.setattr(SqlCatalog, "commit_table", real_commit)
+    assert rescore(config, request).partitions == []
 
 
 def write_unreadable_parquet(path: Path) -> None:
@@ -234,7 +341,7 @@ def test_bad_files_fail_names_them_before_any_work(
         rescore(config, request)
     assert str(bad["corrupt"]) in str(failure.value)
     assert f"{bad['missing_title']}: column 'title' is missing" in str(failure.value)
-    assert not list(tmp_path.rglob(MARKER))
+    assert scored_table(config, tmp_path).committed_days("1") == set()
 
 
 def test_bad_files_skip_scores_the_rest_and_lists_them(
@@ -258,13 +365,19 @@ def test_bad_files_skip_scores_the_rest_and_lists_them(
     assert summary.rows_read == good + 5
     assert summary.rejected == {REJECT_EMPTY_TITLE: 3}
     assert summary.rows_scored == good + 2
-    scored = output_rows(tmp_path)
+    scored = output_rows(config, tmp_path)
     assert len(scored) == good + 2 and {"E-4", "E-5"} <= set(scored["ticket_id"])
-    rejected = pq.read_table(tmp_path / "model_version=1" / f"date={DAYS[0]}" / REJECTED_DIR).to_pandas()
-    assert sorted(rejected["ticket_id"]) == ["E-1", "E-2", "E-3"]
+    rejected = scored_table(config, tmp_path).read("1", [DAYS[0]], rejected=True).to_pandas()
+    rejected = rejected.sort_values("ticket_id")
+    assert rejected["ticket_id"].tolist() == ["E-1", "E-2", "E-3"]
     assert set(rejected["reject_reason"]) == {REJECT_EMPTY_TITLE}
-    marker = json.loads((tmp_path / "model_version=1" / f"date={DAYS[1]}" / MARKER).read_text())
-    assert sorted(marker["skipped_files"]) == sorted([str(bad["missing_title"]), str(bad["unreadable"])])
+    # The ticket as it came (to fix it at the source), and no answer.
+    assert rejected["title"].fillna("<null>").tolist() == ["", "   ", "<null>"]
+    assert rejected["predicted_tenant"].isna().all()
+    commit = day_snapshots(config, tmp_path)[DAYS[1].isoformat()]
+    assert sorted(json.loads(commit["oncall.skipped_files"])) == sorted(
+        [str(bad["missing_title"]), str(bad["unreadable"])]
+    )
 
 
 def test_fail_names_a_file_that_breaks_while_streaming(
