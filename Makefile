@@ -6,11 +6,14 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX_URL ?=
 PYTEST_ARGS ?=
+# The production shape on this machine (README, Production): state, config and logs live here.
+PROD_DIR ?= .oncall-prod
+POSTGRES_URL ?= postgresql://postgres@127.0.0.1:5432/postgres
 
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: venv demo test unit integration model lint format strip-notebooks bench clean
+.PHONY: venv demo test unit integration model production prod-up prod-down lint format strip-notebooks bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,6 +37,17 @@ integration: $(STAMP)
 
 model: $(STAMP)
 	$(BIN)/pytest -m model $(PYTEST_ARGS)
+
+production: $(STAMP)
+	$(BIN)/pytest -m production $(PYTEST_ARGS)
+
+# A three-node Ray cluster, S3 (moto) and an MLflow server on PostgreSQL, all on loopback; then
+# `source $(PROD_DIR)/prod.env` and submit jobs. `make prod-down PURGE=1` also drops the database.
+prod-up: $(STAMP)
+	$(BIN)/python platform/local/production.py --dir $(PROD_DIR) up --postgres-url $(POSTGRES_URL)
+
+prod-down: $(STAMP)
+	$(BIN)/python platform/local/production.py --dir $(PROD_DIR) down $(if $(PURGE),--purge)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

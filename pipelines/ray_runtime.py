@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Iterator, Mapping
@@ -25,6 +26,7 @@ from typing import Any
 import ray
 
 from pipelines.config import LoggingConfig, OncallConfig, ServeConfig
+from pipelines.errors import OncallError
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +38,10 @@ MIN_LOCAL_LOGICAL_CPUS = 4
 # Unix socket path has at most 107 bytes: a temp dir longer than this leaves no room (then Ray's
 # default temp dir is used, and named like any other).
 MAX_TEMP_DIR_CHARS = 107 - len("/session_2026-01-01_00-00-00_000000_4194304/sockets/plasma_store.10")
+
+
+class RayClusterError(OncallError):
+    """The configured Ray cluster cannot be joined."""
 
 
 class TerminatedError(Exception):
@@ -52,15 +58,13 @@ def serve_environment(settings: ServeConfig) -> dict[str, str]:
 def ray_session(
     config: OncallConfig | None = None, environment: Mapping[str, str] | None = None
 ) -> Iterator[None]:
-    """Use the running Ray (tests, notebooks), the cluster in ``RAY_ADDRESS``, or a local one
-    started here (with ``environment`` set first, so its processes inherit it) and shut down
+    """Use the running Ray (tests, notebooks), the cluster named by ``ray.address`` or
+    ``RAY_ADDRESS`` (:func:`cluster_address`), or a local one started here (with ``environment`` set first, so its processes inherit it) and shut down
     on exit, SIGTERM included. ``config`` decides where Ray's output goes (without one: Ray's
     default temp dir, quiet)."""
     started = False
     if not ray.is_initialized():
-        settings = config.logging if config else LoggingConfig()
-        temp_dir = config.ray_sessions_dir if config else None
-        _start_ray(settings, temp_dir, environment or {})
+        _start_ray(config, environment or {})
         started = True
     previous = None
     if threading.current_thread() is threading.main_thread():
@@ -78,23 +82,40 @@ def ray_session(
             ray.shutdown()
 
 
-def _start_ray(settings: LoggingConfig, temp_dir: Path | None, environment: Mapping[str, str]) -> None:
+def cluster_address(config: OncallConfig | None, environ: Mapping[str, str] | None = None) -> str | None:
+    """The cluster to join: ``ray.address``, else ``RAY_ADDRESS``; None: start a local Ray.
+
+    Never Ray's own guess: a bare ``ray.init()`` joins whatever cluster ``ray start`` left on the
+    machine (even a dead one, through ``/tmp/ray/ray_current_cluster``)."""
+    environ = os.environ if environ is None else environ
+    configured = config.ray.address if config else None
+    address = configured or environ.get("RAY_ADDRESS", "").strip()
+    return None if not address or address == "local" else address
+
+
+def _start_ray(config: OncallConfig | None, environment: Mapping[str, str]) -> None:
+    settings = config.logging if config else LoggingConfig()
     quiet = settings.ray_output == "files"
     if quiet:
         _quiet_ray_console()  # before ray.init: its own INFO lines too
-    if os.environ.get("RAY_ADDRESS"):
+    address = cluster_address(config)
+    if address:
         if environment:
-            log.info("using the cluster in RAY_ADDRESS: its own environment decides %s", sorted(environment))
-        log.info("connecting to the Ray cluster in RAY_ADDRESS")
-        context = ray.init(log_to_driver=not quiet)
+            log.info("joining a cluster: its own environment decides %s", sorted(environment))
+        context = _join_cluster(address, log_to_driver=not quiet)
         where = "on the cluster's nodes under"
     else:
         for name, value in environment.items():
             os.environ.setdefault(name, value)  # an explicit setting wins
         cpus = max(MIN_LOCAL_LOGICAL_CPUS, os.cpu_count() or 1)
         log.info("starting a local Ray (%d logical CPUs)", cpus)
+        temp_dir = config.ray_sessions_dir if config else None
         context = ray.init(
-            num_cpus=cpus, include_dashboard=False, log_to_driver=not quiet, **_temp_dir_option(temp_dir)
+            address="local",
+            num_cpus=cpus,
+            include_dashboard=False,
+            log_to_driver=not quiet,
+            **_temp_dir_option(temp_dir),
         )
         where = "in"
     if quiet:
@@ -103,6 +124,37 @@ def _start_ray(settings: LoggingConfig, temp_dir: Path | None, environment: Mapp
             where,
             Path(context.address_info["session_dir"]) / "logs",
         )
+
+
+def _join_cluster(address: str, *, log_to_driver: bool) -> Any:
+    """``ray.init(address)``; a cluster that cannot be reached or refuses the token is one line."""
+    log.info("joining the Ray cluster at %s", address)
+    _check_reachable(address)
+    try:
+        return ray.init(address=address, log_to_driver=log_to_driver)
+    except (ConnectionError, TimeoutError, RuntimeError, ValueError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RayClusterError(
+            f"cannot join the Ray cluster at {address} (ray.address or RAY_ADDRESS): {first_line}. "
+            "Is it running? With token auth, set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH."
+        ) from None
+
+
+def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Fail in seconds, naming the address, where ``ray.init`` would retry for minutes."""
+    if address == "auto":
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise RayClusterError(
+            f"Ray cluster address {address!r} (ray.address or RAY_ADDRESS) is not host:port"
+        )
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise RayClusterError(
+            f"cannot reach the Ray cluster at {address} (ray.address or RAY_ADDRESS): {exc}"
+        ) from None
 
 
 def _temp_dir_option(temp_dir: Path | None) -> dict[str, Any]:

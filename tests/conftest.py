@@ -29,7 +29,7 @@ SMALL_SPEC = SampleSpec(
 
 
 TESTS = Path(__file__).resolve().parent
-SUITES = ("unit", "integration", "model")  # tests/<suite>/…: the marker `make unit` etc. select
+SUITES = ("unit", "integration", "model", "production")  # tests/<suite>/…: the marker `make unit` etc. select
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -26,6 +26,7 @@ from pipelines.contract.columns import (
     TEXT_COLUMN,
 )
 from pipelines.contract.rows import TICKET_READ_SCHEMA, split_valid_rows
+from pipelines.contract.storage import ObjectStore
 from pipelines.contract.text import TextBuilder
 from pipelines.errors import ArchiveError
 from pipelines.model.artifact import LabelSet
@@ -83,11 +84,15 @@ class WindowStats:
 
 
 def read_window(
-    archive_uri: str, builder: TextBuilder, since: dt.date | None, until: dt.date | None
+    archive_uri: str,
+    builder: TextBuilder,
+    since: dt.date | None,
+    until: dt.date | None,
+    store: ObjectStore | None = None,
 ) -> ray.data.Dataset:
     """Stream the window's partitions (footers checked first, so a bad file is named before
     any work starts) into prepared rows: ``PREPARED_COLUMNS``, invalid rows kept with a reason."""
-    archive = Archive(archive_uri)
+    archive = Archive(archive_uri, store)
     partitions, problems = archive.check(since, until)
     if problems:
         raise ArchiveError("the archive breaks the ticket contract:\n  " + "\n  ".join(map(str, problems)))
@@ -140,15 +145,21 @@ def with_label_overrides(prepared: ray.data.Dataset, overrides: dict[str, str]) 
 
 
 def replay_sample(
-    archive_uri: str, builder: TextBuilder, before: dt.date, rows: int, overrides: dict[str, str], seed: int
+    archive_uri: str,
+    builder: TextBuilder,
+    before: dt.date,
+    rows: int,
+    overrides: dict[str, str],
+    seed: int,
+    store: ObjectStore | None = None,
 ) -> ray.data.Dataset | None:
     """About ``rows`` valid, labelled tickets drawn uniformly from the days before ``before``:
     trained on next to the new days, they keep stable tenants from being forgotten."""
     until = before - dt.timedelta(days=1)
-    if rows <= 0 or not Archive(archive_uri).partitions(until=until):
+    if rows <= 0 or not Archive(archive_uri, store).partitions(until=until):
         return None
     labelled = valid_labelled(
-        with_label_overrides(read_window(archive_uri, builder, None, until), overrides)
+        with_label_overrides(read_window(archive_uri, builder, None, until, store), overrides)
     ).materialize()
     available = labelled.count()
     if available == 0:
@@ -226,8 +237,12 @@ def held_out_rows(prepared: ray.data.Dataset, split: TimeSplit) -> pd.DataFrame:
 
 
 def labelled_rows(
-    archive_uri: str, builder: TextBuilder, since: dt.date | None, until: dt.date | None
+    archive_uri: str,
+    builder: TextBuilder,
+    since: dt.date | None,
+    until: dt.date | None,
+    store: ObjectStore | None = None,
 ) -> pd.DataFrame:
     """Valid, labelled tickets of a window as model text, on the driver (keep windows small).
     ``builder`` must be the classifier's own, so the text matches what it was trained on."""
-    return valid_labelled(read_window(archive_uri, builder, since, until)).to_pandas()
+    return valid_labelled(read_window(archive_uri, builder, since, until, store)).to_pandas()

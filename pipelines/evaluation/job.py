@@ -76,7 +76,7 @@ def evaluate_run(
     archive = archive_uri or tracker.get(run_id).params.get("archive") or config.archive_uri
     # Data and scores.
     with ray_session(config):
-        rows = labelled_rows(archive, classifier.text_builder, since, until)
+        rows = labelled_rows(archive, classifier.text_builder, since, until, config.object_store)
     evaluation, unseen = score_rows(classifier, rows, config)
     # Report, into the run.
     window = f"{since or 'start'}_{until or 'end'}"

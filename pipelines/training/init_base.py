@@ -8,6 +8,7 @@ from pathlib import Path
 
 from pipelines.contract.archive import Archive
 from pipelines.contract.rows import split_valid_rows
+from pipelines.contract.storage import ObjectStore
 from pipelines.contract.text import TextBuilder
 from pipelines.errors import ArchiveError
 from pipelines.model.base import build_preset_base
@@ -15,9 +16,11 @@ from pipelines.model.base import build_preset_base
 log = logging.getLogger(__name__)
 
 
-def sample_ticket_texts(archive_uri: str, builder: TextBuilder, max_texts: int) -> Iterator[str]:
+def sample_ticket_texts(
+    archive_uri: str, builder: TextBuilder, max_texts: int, store: ObjectStore | None = None
+) -> Iterator[str]:
     """Model texts of valid tickets spread evenly over the archive's days, at most ``max_texts``."""
-    archive = Archive(archive_uri)
+    archive = Archive(archive_uri, store)
     files = [path for partition in archive.partitions() for path in partition.files]
     if not files:
         raise ArchiveError(f"archive {archive_uri} holds no date=YYYY-MM-DD/*.parquet files")
@@ -40,11 +43,12 @@ def init_base(
     max_texts: int = 100_000,
     seed: int = 0,
     overwrite: bool = False,
+    store: ObjectStore | None = None,
 ) -> Path:
     log.info(
         "training a %d-token BPE tokenizer on up to %d tickets of %s", vocab_size, max_texts, archive_uri
     )
-    texts = sample_ticket_texts(archive_uri, builder, max_texts)
+    texts = sample_ticket_texts(archive_uri, builder, max_texts, store)
     return build_preset_base(
         preset, texts, out, vocab_size=vocab_size, max_length=max_length, seed=seed, overwrite=overwrite
     )

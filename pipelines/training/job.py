@@ -233,7 +233,8 @@ def prepare_window(config: OncallConfig, request: TrainRequest) -> PreparedWindo
 def _read_rows(config: OncallConfig, request: TrainRequest, builder: TextBuilder) -> ray.data.Dataset:
     """The window's prepared rows, feedback labels applied, plus the replayed earlier tickets."""
     rows = with_label_overrides(
-        read_window(request.archive_uri, builder, request.since, request.until), request.label_overrides
+        read_window(request.archive_uri, builder, request.since, request.until, config.object_store),
+        request.label_overrides,
     )
     if request.since:
         replay = replay_sample(
@@ -243,6 +244,7 @@ def _read_rows(config: OncallConfig, request: TrainRequest, builder: TextBuilder
             request.replay_rows,
             request.label_overrides,
             config.train.seed,
+            config.object_store,
         )
         rows = rows.union(replay) if replay is not None else rows
     return rows.materialize()
@@ -290,6 +292,8 @@ def publish(
             TicketClassifier.from_dir(model_dir), held_out_rows(window.rows, window.split), config
         )
         _write_descriptor_fields(model_dir, {"abstain_threshold": evaluation.metrics["abstain_threshold"]})
+        run.metrics({"resumed_from_step": progress.get("resumed_from_step", 0)})
+        run.tags({"checkpoint": _checkpoint_uri(checkpoint)})
         log_evaluation(run, evaluation, "test", EVALUATION_ARTIFACT)
         (model_dir / "metrics.json").write_text(json.dumps(evaluation.metrics, indent=2) + "\n")
         # Package
@@ -335,7 +339,7 @@ def build_trainer(
     name: str,
 ) -> ray.train.torch.TorchTrainer:
     """The TorchTrainer running :func:`train_loop` on ``datasets`` ("train" is split over the
-    workers, "validation" is read whole by rank 0); checkpoints under ``config.ray_storage_dir``."""
+    workers, "validation" is read whole by rank 0); checkpoints under ``config.train_storage``."""
     os.environ.setdefault(HEALTH_CHECK_INTERVAL_ENV, HEALTH_CHECK_INTERVAL_S)
     return ray.train.torch.TorchTrainer(
         # Bound here, not passed as train_loop_config: Train v2 keeps that as a JSON dict (run
@@ -347,17 +351,32 @@ def build_trainer(
             resources_per_worker={
                 "CPU": config.train.cpus_per_worker,
                 **({"GPU": 1} if config.train.use_gpu else {}),
+                **config.train.worker_resources,
             },
+            placement_strategy=config.train.placement_strategy,
         ),
         run_config=ray.train.RunConfig(
             name=name,
-            storage_path=str(config.ray_storage_dir.resolve()),
+            **_storage_options(config),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=config.train.checkpoints_to_keep),
             failure_config=ray.train.FailureConfig(max_failures=config.train.max_failures),
         ),
         datasets=datasets,
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
     )
+
+
+def _storage_options(config: OncallConfig) -> dict[str, Any]:
+    """``storage_path`` (and its filesystem, with the object store's endpoint) of Ray Train's
+    checkpoints: every node must reach it, so ``s3://`` on a cluster whose nodes share no disk."""
+    filesystem, path = config.object_store.resolve(config.train_storage)
+    return {"storage_path": path, "storage_filesystem": filesystem}
+
+
+def _checkpoint_uri(checkpoint: ray.train.Checkpoint) -> str:
+    """Where the published checkpoint lives, as a URI (``s3://…`` on object storage)."""
+    scheme = checkpoint.filesystem.type_name
+    return checkpoint.path if scheme == "local" else f"{scheme}://{checkpoint.path}"
 
 
 def _log_inputs(run: RunLog, config: OncallConfig, request: TrainRequest, window: PreparedWindow) -> None:

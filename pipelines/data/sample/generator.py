@@ -15,16 +15,19 @@ import json
 import logging
 import random
 import shutil
+import tempfile
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from pipelines.contract.archive import PARTITION_KEY, partition_dir
 from pipelines.contract.rows import TICKET_SCHEMA
+from pipelines.contract.storage import ObjectStore, is_remote
 from pipelines.data.sample import vocab as vocab
 from pipelines.errors import ArchiveError
 
@@ -127,6 +130,23 @@ def generate_archive(spec: SampleSpec, out: Path, *, overwrite: bool = False) ->
         log.info("wrote %s: %d tickets", day_dir, len(rows))
     manifest = _manifest(spec, world, per_day, labelled)
     (out / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+    return manifest
+
+
+def generate_archive_at(
+    spec: SampleSpec, uri: str, store: ObjectStore | None = None, *, overwrite: bool = False
+) -> dict[str, Any]:
+    """:func:`generate_archive` at a local path or an object-store URI (``s3://bucket/archive``:
+    written in a local staging directory, then copied file by file)."""
+    if not is_remote(uri):
+        return generate_archive(spec, Path(uri.removeprefix("file://")), overwrite=overwrite)
+    filesystem, root = (store or ObjectStore()).resolve(uri)
+    if filesystem.get_file_info(pafs.FileSelector(root, allow_not_found=True)) and not overwrite:
+        raise ArchiveError(f"{uri} is not empty: pass --overwrite to replace a sample archive there")
+    with tempfile.TemporaryDirectory(prefix="oncall-sample-") as staging:
+        manifest = generate_archive(spec, Path(staging), overwrite=overwrite)
+        pafs.copy_files(staging, root, destination_filesystem=filesystem)
+    log.info("copied the sample archive to %s", uri)
     return manifest
 
 
