@@ -38,7 +38,7 @@ NIGHTLY_DATE = "2026-10-09"
 JOB_TIMEOUT_S = 600
 MAX_FAILED_SHARE = 0.01
 
-pytestmark = pytest.mark.timeout(900)
+pytestmark = pytest.mark.timeout(1200)
 
 
 @dataclass
@@ -59,10 +59,11 @@ class Production:
         """The CLI on this machine (a user's shell with prod.env sourced)."""
         return self.run(str(BIN / "oncall-router"), *args)
 
-    def submit(self, *args: str) -> str:
-        """``ray job submit --no-wait -- oncall-router ARGS`` (2 epochs, through the job's runtime
-        environment as a user would override a key); returns the submission id."""
-        runtime_env = json.dumps({"env_vars": {"ONCALL_TRAIN__EPOCHS": "2"}})
+    def submit(self, *args: str, **settings: str) -> str:
+        """``ray job submit --no-wait -- oncall-router ARGS`` with config overrides in the job's
+        runtime environment, as a user would set them (2 epochs, plus ``settings``: env names);
+        returns the submission id."""
+        runtime_env = json.dumps({"env_vars": {"ONCALL_TRAIN__EPOCHS": "2", **settings}})
         result = self.run(
             str(BIN / "ray"), "job", "submit", "--no-wait", "--runtime-env-json", runtime_env,
             "--", "oncall-router", *args,
@@ -244,13 +245,15 @@ def test_a_node_hosting_a_model_replica_dies_under_load(production: Production) 
 
 
 def test_nightly_promotes_and_the_endpoint_hot_swaps(production: Production) -> None:
-    logs = production.wait_job(production.submit("nightly", "--date", NIGHTLY_DATE))
+    # Its rescore step is left to the rescore job below (the same code, timed once).
+    nightly = production.submit("nightly", "--date", NIGHTLY_DATE, ONCALL_NIGHTLY__RESCORE_DAYS="0")
+    logs = production.wait_job(nightly)
     assert "version 2 is now champion" in logs
     wait_until(lambda: requests.get(f"{SERVE_URL}/v1/model", timeout=10).json()["version"] == "2", 120)
 
 
 def test_rescore_from_the_bucket_to_the_scored_table(production: Production) -> None:
-    production.wait_job(production.submit("rescore"))  # every day (the nightly rescored the last 7)
+    production.wait_job(production.submit("rescore"))
     from pyiceberg.catalog.sql import SqlCatalog
 
     config = production.config()
@@ -306,3 +309,23 @@ def replica_nodes(production: Production) -> list[str]:
         for actor in actors
         if "TicketRouterModel" in (actor.get("class_name") or "")
     ]
+
+
+def test_without_an_address_a_command_starts_its_own_local_ray(production: Production) -> None:
+    """A `ray start` cluster runs on this machine: a command without RAY_ADDRESS must not join it
+    (Ray's own default) but start a fresh local Ray."""
+    local = {k: v for k, v in production.environment.items() if k != "RAY_ADDRESS"}
+    probe = (
+        "import ray\n"
+        "from pipelines.ray_runtime import ray_session\n"
+        "with ray_session():\n"
+        "    print(len(ray.nodes()), ray.get_runtime_context().gcs_address)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], env=local, capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    nodes, address = result.stdout.split()
+    assert nodes == "1" and not address.endswith(
+        f":{production.environment['RAY_ADDRESS'].rsplit(':', 1)[1]}"
+    )
