@@ -6,6 +6,9 @@
 
 from __future__ import annotations
 
+import ipaddress
+import logging
+import os
 import socket
 from pathlib import Path
 from typing import Any
@@ -13,10 +16,12 @@ from typing import Any
 from ray import serve
 from ray.serve import Application
 
-from pipelines.config import OncallConfig, load_config
+from pipelines.config import OncallConfig, ServeConfig, load_config
 from pipelines.errors import ConfigError
 from serve.ingress import RouterIngress
 from serve.router_model import ReplicaSettings, TicketRouterModel
+
+log = logging.getLogger(__name__)
 
 APP_NAME = "oncall-router"
 MODEL_DEPLOYMENT = "TicketRouterModel"  # names that serve_config.yaml's overrides refer to
@@ -26,6 +31,7 @@ INGRESS_CPUS = 0.25  # parses JSON and awaits the model: a fraction of a core is
 
 def build_application(config: OncallConfig) -> Application:
     settings = config.serve
+    check_exposure(settings)
     # Enough requests in flight per replica to fill a batch while the previous one runs.
     model_ongoing = max(2 * settings.max_batch_size, 2 * settings.target_ongoing_requests)
     model = serve.deployment(TicketRouterModel, name=MODEL_DEPLOYMENT).options(
@@ -35,6 +41,7 @@ def build_application(config: OncallConfig) -> Application:
             "target_ongoing_requests": settings.target_ongoing_requests,
         },
         max_ongoing_requests=model_ongoing,
+        max_queued_requests=settings.max_queued_requests,
         ray_actor_options={"num_cpus": settings.replica_cpus, "num_gpus": settings.replica_gpus},
         logging_config=config.logging.serve_logging(),
         user_config=ReplicaSettings.of(settings).model_dump(),
@@ -46,6 +53,7 @@ def build_application(config: OncallConfig) -> Application:
             "target_ongoing_requests": model_ongoing,
         },
         max_ongoing_requests=4 * model_ongoing,
+        max_queued_requests=settings.max_queued_requests,
         ray_actor_options={"num_cpus": INGRESS_CPUS},
         logging_config=config.logging.serve_logging(),
     )
@@ -54,10 +62,12 @@ def build_application(config: OncallConfig) -> Application:
 
 def build_app(args: dict[str, Any]) -> Application:
     """Application builder: ``serve run serve.app:build_app config=prod.yaml data_dir=/data
-    serve.alias=champion``. ``config`` is a YAML file over the defaults, ``data_dir`` the data
-    directory, any other ``section.key`` an override; ``ONCALL_*`` variables apply as usual."""
+    serve.alias=champion``. ``config`` is a YAML file over the defaults (without it: the file in
+    ``ONCALL_CONFIG``, as for the CLI), ``data_dir`` the data directory, any other
+    ``section.key`` an override; ``ONCALL_*`` variables apply as usual."""
     overrides = dict(args)
-    files = [Path(overrides.pop("config"))] if "config" in overrides else []
+    config_file = overrides.pop("config", None) or os.environ.get("ONCALL_CONFIG")
+    files = [Path(config_file)] if config_file else []
     return build_application(load_config(*files, overrides=overrides))
 
 
@@ -66,10 +76,37 @@ def deploy(config: OncallConfig) -> str:
     (they are ready as soon as the alias has a version; until then /readyz answers 503)."""
     host, port = config.serve.host, config.serve.port
     check_port_free(host, port)
-    serve.start(http_options={"host": host, "port": port})
+    serve.start(
+        http_options={"host": host, "port": port, "request_timeout_s": config.serve.request_timeout_s}
+    )
     serve.run(build_application(config), name=APP_NAME, route_prefix="/")
     shown_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     return f"http://{shown_host}:{port}"
+
+
+def check_exposure(settings: ServeConfig) -> None:
+    """No tokens on a non-loopback host is refused unless the operator allowed it explicitly: a
+    missing Secret must not quietly open the endpoint to the network."""
+    if settings.tokens() or _is_loopback(settings.host):
+        return
+    if not settings.allow_unauthenticated:
+        raise ConfigError(
+            f"serve.host {settings.host} is reachable from other machines and no token is configured: "
+            "set ONCALL_SERVE_TOKENS, serve.auth_tokens or serve.auth_tokens_file (README, Security), "
+            "or serve.allow_unauthenticated: true to run without auth"
+        )
+    log.warning(
+        "AUTH IS OFF: serve.allow_unauthenticated is set and %s accepts requests from anyone who "
+        "can reach it",
+        settings.host,
+    )
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def check_port_free(host: str, port: int) -> None:

@@ -1,21 +1,48 @@
 """The HTTP contract of the routing endpoint (request and response bodies, shown at /docs).
 
-Ticket fields mirror the archive's ticket columns; over-long text is truncated by the
-``TextBuilder`` like everywhere else, so only a missing or empty title, a wrong type or an
-absurdly long identifier is a client error (422 naming the field).
+Ticket fields mirror the archive's ticket columns. Text is repaired by the ``TextBuilder``
+(lone surrogates, control characters) and over-long text is truncated like everywhere else; a
+client error (422 naming the field) is a missing title or one with no text once repaired, a wrong
+type, a field over its cap, or an identifier with characters no database or JSON answer takes.
 """
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
+from pipelines.contract.text import is_clean, repair_text
 from pipelines.data.feedback import MAX_SOURCE_CHARS, MAX_TENANT_CHARS, MAX_TICKET_ID_CHARS
 
-NonEmpty = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
+MAX_DESCRIPTION_CHARS = 65_536  # far above what the model reads (data.max_description_chars)
+MAX_FIELD_CHARS = 4_096
+MAX_TICKETS_SCHEMA = 100_000  # a backstop; serve.max_tickets_per_request (413) is the real cap
+
+
+def _has_text(value: str) -> str:
+    if not repair_text(value):
+        raise ValueError("has no text (only whitespace or control characters)")
+    return value
+
+
+def _printable(value: str) -> str:
+    """Identifiers are stored and echoed: a lone surrogate or a control character is refused."""
+    if not is_clean(value) or any(ch in value for ch in "\t\r\n"):
+        raise ValueError("has a control character or a lone UTF-16 surrogate")
+    return value
+
+
+ShortText = Annotated[str, StringConstraints(max_length=MAX_FIELD_CHARS)]
+Title = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_FIELD_CHARS),
+    AfterValidator(_has_text),
+]
 TicketId = Annotated[
-    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_TICKET_ID_CHARS)
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_TICKET_ID_CHARS),
+    AfterValidator(_printable),
 ]
 
 
@@ -39,13 +66,13 @@ class TicketIn(BaseModel):
     )
 
     ticket_id: TicketId | None = Field(default=None, description="Echoed back; generated when absent.")
-    title: NonEmpty
-    description: str | None = None
-    service: str | None = None
-    cluster: str | None = None
-    region: str | None = None
-    source: str | None = None
-    severity: str | None = None
+    title: Title
+    description: Annotated[str, StringConstraints(max_length=MAX_DESCRIPTION_CHARS)] | None = None
+    service: ShortText | None = None
+    cluster: ShortText | None = None
+    region: ShortText | None = None
+    source: ShortText | None = None
+    severity: ShortText | None = None
 
 
 class TenantScore(BaseModel):
@@ -68,7 +95,7 @@ class RouteResult(BaseModel):
 
 
 class BatchIn(BaseModel):
-    tickets: list[TicketIn] = Field(min_length=1)
+    tickets: list[TicketIn] = Field(min_length=1, max_length=MAX_TICKETS_SCHEMA)
 
 
 class BatchResult(BaseModel):
@@ -78,9 +105,13 @@ class BatchResult(BaseModel):
 class FeedbackIn(BaseModel):
     ticket_id: TicketId
     tenant: Annotated[
-        str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_TENANT_CHARS)
+        str,
+        StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_TENANT_CHARS),
+        AfterValidator(_printable),
     ]
-    source: Annotated[str, StringConstraints(max_length=MAX_SOURCE_CHARS)] | None = None
+    source: (
+        Annotated[str, StringConstraints(max_length=MAX_SOURCE_CHARS), AfterValidator(_printable)] | None
+    ) = None
 
 
 class FeedbackAck(BaseModel):
@@ -98,6 +129,9 @@ class ModelInfo(BaseModel):
     trained_window: str
     abstain_threshold: float
     loaded_at: str
+    load_error: str | None = Field(
+        default=None, description="Why the alias's newest version did not load (the one above still serves)."
+    )
 
 
 class Problem(BaseModel):

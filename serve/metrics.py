@@ -8,6 +8,7 @@ the dashboard and alert rules over them.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import functools
 import threading
@@ -26,6 +27,7 @@ NEVER = 0.0  # the nightly has not succeeded yet: the staleness alert fires
 # (measured on Ray 2.60: a gauge set once left the scrape 20-30 s later; the default report
 # interval is 10 s), so the last values are set again this often.
 GAUGE_KEEPALIVE_S = 5.0
+CANCELLED = "499"
 
 CallNext = Callable[[Request], Awaitable[Response]]
 Middleware = Callable[[Request, CallNext], Awaitable[Response]]
@@ -66,6 +68,8 @@ class ModelMetrics:
     batch_size: metrics.Histogram
     tickets: metrics.Counter
     abstentions: metrics.Counter
+    unscorable: metrics.Counter
+    load_failures: metrics.Counter
     version: metrics.Gauge
     nightly_success: metrics.Gauge
     gauges: GaugeKeeper
@@ -114,6 +118,14 @@ def model_metrics() -> ModelMetrics:
             description="Tickets below the abstain threshold, by version.",
             tag_keys=("version",),
         ),
+        unscorable=metrics.Counter(
+            "oncall_router_unscorable_tickets",
+            description="Tickets the model failed on (answered alone with an error; neighbours unharmed).",
+        ),
+        load_failures=metrics.Counter(
+            "oncall_router_model_load_failures",
+            description="Failed checks of the alias or loads of its version (the replica keeps what it has).",
+        ),
         version=metrics.Gauge(
             "oncall_router_model_version",
             description="Registry version this replica serves (0: none loaded yet).",
@@ -131,14 +143,18 @@ def model_metrics() -> ModelMetrics:
 def count_requests(routes: tuple[str, ...]) -> Middleware:
     """An HTTP middleware counting every request by route (``other`` outside ``routes``, which
     bounds the label's values) and status, and timing it. An unhandled exception escapes
-    ``call_next`` (Starlette answers 500 outside the middleware): it is counted as a 500 here."""
+    ``call_next`` (Starlette answers 500 outside the middleware): it is counted as a 500 here; a
+    cancelled request as 499, nginx's "client closed request"."""
 
     async def middleware(request: Request, call_next: CallNext) -> Response:
         started = time.perf_counter()
         route = request.url.path if request.url.path in routes else "other"
         try:
             response = await call_next(request)
-        except Exception:
+        except asyncio.CancelledError:  # the client (or the proxy's request timeout) gave up
+            _observe_request(route, CANCELLED, started)
+            raise
+        except BaseException:
             _observe_request(route, "500", started)
             raise
         _observe_request(route, str(response.status_code), started)

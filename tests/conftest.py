@@ -63,6 +63,19 @@ def tiny_base(
     return init_base("tiny", str(small_archive[0]), out, text_builder, vocab_size=2000, max_length=128)
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def feedback_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A feedback database: SQLite, and a scratch PostgreSQL database where
+    ONCALL_TEST_POSTGRES_URL names a server (skipped otherwise)."""
+    from tests.integration.mlflow_server import postgres_url_or_skip, scratch_database
+
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'feedback.db'}"
+        return
+    with scratch_database(postgres_url_or_skip()) as url:
+        yield url
+
+
 @pytest.fixture(scope="session")
 def ray_cluster() -> Iterator[None]:
     """One local Ray for the whole session; jobs see it initialised and reuse it."""

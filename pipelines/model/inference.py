@@ -107,7 +107,9 @@ class TicketClassifier:
         if not texts:
             return np.zeros((0, len(self.labels)), dtype=np.float32)
         encoded = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)["input_ids"]
-        return self.predict_proba_ids(encoded)
+        # A ticket whose text is empty (every field blank) encodes to no ids: give it one pad
+        # token, so it gets an answer (a low-confidence one) instead of failing its whole batch.
+        return self.predict_proba_ids([ids if len(ids) else [self.pad_token_id] for ids in encoded])
 
     @torch.inference_mode()
     def predict_proba_ids(self, encoded: Sequence[Sequence[int]]) -> np.ndarray:

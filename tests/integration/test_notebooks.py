@@ -20,7 +20,7 @@ from tests.integration.serving import deployed, serving_config
 REPO = Path(__file__).resolve().parents[2]
 NOTEBOOKS = REPO / "notebooks"
 MODEL_NAME = "notebooks"
-TOKEN = "notebook-token"
+TOKEN = "notebook-token-0123456789"
 TICKETS = 8
 
 

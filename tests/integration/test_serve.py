@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import socket
 import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import requests
@@ -20,7 +23,7 @@ from tests.integration.serving import archive_tickets, deployed, serving_config
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 
-TOKEN = "s3cret-token"
+TOKEN = "s3cret-token-for-tests"
 MAX_TICKETS = 16
 
 
@@ -112,6 +115,10 @@ def test_model_info_health_and_openapi(served: tuple[OncallConfig, str], client:
         ("/v1/route/batch", {"tickets": [{"title": "ok"}, {"service": "db"}]}, "title"),
         ("/v1/feedback", {"ticket_id": "T-1"}, "tenant"),
         ("/v1/feedback", {"ticket_id": "T-1", "tenant": ""}, "tenant"),
+        ("/v1/route", {"title": "\u001c\u0000 \u007f"}, "title"),  # no text once repaired
+        ("/v1/route", {"title": "ok", "ticket_id": "INC-\ud800"}, "ticket_id"),  # echoed: must encode
+        ("/v1/feedback", {"ticket_id": "T-1", "tenant": "team\u0000a"}, "tenant"),
+        ("/v1/route", {"title": "ok", "description": "x" * 70_000}, "description"),
     ],
 )
 def test_invalid_payloads_are_422_naming_the_field(
@@ -140,11 +147,84 @@ def test_malformed_json_too_many_tickets_and_long_text(served: tuple[OncallConfi
     assert too_many.status_code == 413 and "at most 16" in too_many.json()["detail"]
     long_text = requests.post(
         f"{url}/v1/route",
-        json={"title": "disk full " * 5000, "description": "x" * 200_000},
+        json={"title": "disk full " * 400, "description": "x" * 60_000},
         headers=_auth(),
         timeout=60,
     )
     assert long_text.status_code == 200  # truncated by the text builder, not rejected
+    over_cap = requests.post(f"{url}/v1/route", json={"title": "x" * 5000}, headers=_auth(), timeout=30)
+    assert over_cap.status_code == 422 and "title" in over_cap.json()["detail"][0]["loc"]
+
+
+HOSTILE = [
+    {"title": "ok", "description": "\ud800"},  # a lone surrogate: 422 naming the description
+    {"title": "\u001c"},  # nothing but a control character: 422 naming the title
+    {"title": "disk\u0000 full\u0085", "service": "a\u0000b", "description": "\u001f" * 300},  # repaired: 200
+]
+
+
+def test_hostile_tickets_never_fail_their_neighbours(
+    served: tuple[OncallConfig, str], tickets: list[dict]
+) -> None:
+    """Concurrent callers share a model batch: 8 clients sending hostile tickets next to 8
+    normal ones; every normal request is answered, every hostile one is 200 or 422."""
+    url = served[1]
+    statuses: dict[str, list[int]] = {"good": [], "bad": []}
+
+    def send(kind: str, body: dict) -> None:
+        for _ in range(10):
+            response = requests.post(f"{url}/v1/route", json=body, headers=_auth(), timeout=60)
+            statuses[kind].append(response.status_code)
+
+    jobs = [("good", tickets[i]) for i in range(8)] + [("bad", HOSTILE[i % len(HOSTILE)]) for i in range(8)]
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        list(pool.map(lambda job: send(*job), jobs))
+    assert statuses["good"] == [200] * 80
+    assert set(statuses["bad"]) <= {200, 422} and {200, 422} <= set(statuses["bad"])
+
+
+def _raw_post(url: str, path: str, headers: dict[str, str], body: bytes = b"") -> tuple[int, float]:
+    """Send the request line and headers (and ``body``, maybe much less than Content-Length
+    announces); return the status line's code and the seconds it took to arrive."""
+    parts = urlsplit(url)
+    started = time.perf_counter()
+    with socket.create_connection((parts.hostname, parts.port), timeout=10) as connection:
+        lines = [f"POST {path} HTTP/1.1", f"Host: {parts.netloc}", *(f"{k}: {v}" for k, v in headers.items())]
+        connection.sendall(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
+        status_line = connection.makefile("rb").readline().decode()
+    return int(status_line.split()[1]), time.perf_counter() - started
+
+
+def test_auth_and_size_are_checked_before_the_body_is_read(served: tuple[OncallConfig, str]) -> None:
+    url = served[1]
+    empty = requests.post(f"{url}/v1/route", json={}, timeout=30)
+    assert empty.status_code == 401 and "title" not in empty.text  # no schema to a stranger
+    json_headers = {"Content-Type": "application/json", "Content-Length": str(30 * 2**20)}
+    # 30 MB announced, none sent: the answer cannot have waited for the body.
+    assert _raw_post(url, "/v1/route", json_headers)[0] == 401
+    code, seconds = _raw_post(url, "/v1/route/batch", {**json_headers, **_auth()})
+    assert code == 413 and seconds < 1.0
+    many = json.dumps({"tickets": [{"title": f"ticket {i}"} for i in range(100_000)]}).encode()
+    for headers, expected in (({}, 401), (_auth(), 413)):
+        started = time.perf_counter()
+        answer = requests.post(
+            f"{url}/v1/route/batch",
+            data=many,
+            headers={**headers, "Content-Type": "application/json"},
+            timeout=30,
+        )
+        assert answer.status_code == expected and time.perf_counter() - started < 1.0
+    streamed = requests.post(
+        f"{url}/v1/route",
+        data=iter([b'{"title": "' + b"x" * 2**20] * 4),  # chunked: no Content-Length to trust
+        headers={**_auth(), "Content-Type": "application/json"},
+        timeout=30,
+    )
+    assert streamed.status_code == 413
+    responses = requests.get(f"{url}/openapi.json", timeout=10).json()["paths"]["/v1/route"]["post"][
+        "responses"
+    ]
+    assert {"400", "401", "403", "413", "422", "503", "504"} <= set(responses)
 
 
 def test_auth_401_without_token_403_with_a_wrong_one(served: tuple[OncallConfig, str]) -> None:

@@ -131,7 +131,7 @@ def test_environment_values_are_parsed_and_aliases_apply(tmp_path: Path) -> None
     config = load_config(
         environ={
             "ONCALL_DATA__TEXT_FIELDS": "[title, service]",
-            "ONCALL_SERVE_TOKENS": "alpha, beta,",
+            "ONCALL_SERVE_TOKENS": "alpha-token-0123456789, beta-token-0123456789,",
             "ONCALL_DATA_DIR": str(tmp_path),
             "ONCALL_TRAIN__USE_GPU": "true",
             "ONCALL_TEST_POSTGRES_URL": "postgresql://ignored",
@@ -141,7 +141,7 @@ def test_environment_values_are_parsed_and_aliases_apply(tmp_path: Path) -> None
     )
     assert config.nightly.cron == "*/30 2 * * *"
     assert config.data.text_fields == ["title", "service"]
-    assert config.serve.auth_tokens == ["alpha", "beta"]
+    assert config.serve.auth_tokens == ["alpha-token-0123456789", "beta-token-0123456789"]
     assert config.data_dir == tmp_path
     assert config.train.use_gpu is True
     assert config.logging.level == "DEBUG"  # ONCALL_LOG_LEVEL is the short name of logging.level

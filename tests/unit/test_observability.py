@@ -365,7 +365,9 @@ def test_gauges_hold_the_version_and_nightly_time_and_are_set_again_until_change
     from serve.metrics import NEVER, NO_VERSION, GaugeKeeper, ModelMetrics
 
     version, nightly = FakeMetric(), FakeMetric()
-    fakes = {name: FakeMetric() for name in ("batch_size", "tickets", "abstentions")}
+    fakes = {
+        name: FakeMetric() for name in ("batch_size", "tickets", "abstentions", "unscorable", "load_failures")
+    }
     recorded = ModelMetrics(**fakes, version=version, nightly_success=nightly, gauges=GaugeKeeper(0.01))  # type: ignore[arg-type]
     recorded.record_version(None)
     recorded.record_version("3")

@@ -43,6 +43,8 @@ def test_builder_applies_config_file_and_overrides(tmp_path: Path) -> None:
     assert model_config.user_config["alias"] == "challenger"
     assert model_config.user_config["max_batch_size"] == 8
     assert model_config.max_ongoing_requests >= 8
+    assert model_config.max_queued_requests == 512
+    assert ingress._deployment_config.max_queued_requests == 512
 
 
 def test_build_app_names_a_bad_override(tmp_path: Path) -> None:
@@ -71,3 +73,12 @@ def test_ticket_contract_rules() -> None:
             TicketIn.model_validate(bad)
     with pytest.raises(ValidationError, match="tenant"):
         FeedbackIn.model_validate({"ticket_id": "T-1", "tenant": "  "})
+    for bad, field in (
+        ({"title": "\u001c"}, "title"),  # no text once repaired
+        ({"title": "ok", "ticket_id": "INC-\ud800"}, "ticket_id"),
+        ({"title": "ok", "description": "x" * 70_000}, "description"),
+        ({"title": "ok", "service": "x" * 5_000}, "service"),
+        ({"title": "ok", "description": "\ud800"}, "description"),  # pydantic refuses a lone surrogate
+    ):
+        with pytest.raises(ValidationError, match=field):
+            TicketIn.model_validate(bad)
