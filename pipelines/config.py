@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import textwrap
 from collections.abc import Mapping
@@ -41,6 +42,8 @@ ENV_ALIASES: dict[str, tuple[str, ...]] = {
     "ONCALL_LOG_LEVEL": ("logging", "level"),
     "ONCALL_S3_ENDPOINT_URL": ("storage", "endpoint_url"),
 }
+TOKENS_PATH = ("serve", "auth_tokens")
+SECRET_KEYS = ("serve.auth_tokens",)  # validation errors never show their values
 # Variables with the prefix that are not configuration (read by the test-suite, the CLI or the
 # notebooks).
 ENV_NOT_CONFIG = (
@@ -196,6 +199,37 @@ class PromotionConfig(_Section):
     )
 
 
+MIN_TOKEN_CHARS = 16
+_TOKEN_CHARS = re.compile(r"^[A-Za-z0-9\-._~+/]+=*$")  # RFC 6750's b64token
+
+
+def check_token(token: str, where: str) -> None:
+    """A ValueError naming ``where`` (never the token) for a token too short or with characters
+    outside RFC 6750's token alphabet (so no comma, no whitespace)."""
+    if len(token) < MIN_TOKEN_CHARS:
+        raise ValueError(f"{where} is shorter than {MIN_TOKEN_CHARS} characters")
+    if not _TOKEN_CHARS.match(token):
+        raise ValueError(
+            f"{where} has a character outside A-Z a-z 0-9 - . _ ~ + / = (tokens are comma-separated)"
+        )
+
+
+def read_token_file(path: Path) -> list[str]:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"serve.auth_tokens_file: cannot read {path}: {type(exc).__name__}") from None
+    tokens = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    if not tokens:
+        raise ConfigError(f"serve.auth_tokens_file: {path} holds no token")
+    for number, token in enumerate(tokens, start=1):
+        try:
+            check_token(token, f"token {number}")
+        except ValueError as exc:
+            raise ConfigError(f"serve.auth_tokens_file: {path}: {exc}") from None
+    return tokens
+
+
 class ServeConfig(_Section):
     host: str = Field(default="127.0.0.1", description="Interface the routing endpoint listens on.")
     port: int = Field(default=8000, ge=1, le=65535, description="HTTP port of the routing endpoint.")
@@ -225,11 +259,62 @@ class ServeConfig(_Section):
     )
     auth_tokens: list[str] = Field(
         default_factory=list,
-        description="Bearer tokens the endpoint accepts (comma-separated in the environment); empty: no auth.",
+        repr=False,  # never in a repr, a log line or an error message
+        description="Bearer tokens the endpoint accepts (in the environment: comma-separated; a token "
+        f"is at least {MIN_TOKEN_CHARS} characters of A-Z a-z 0-9 - . _ ~ + / =). No tokens here nor "
+        "in auth_tokens_file: no auth, which only a loopback host or allow_unauthenticated permits.",
+    )
+    auth_tokens_file: Path | None = Field(
+        default=None,
+        description="A file of more tokens, one per line (a mounted Kubernetes Secret); read by each "
+        "ingress replica when it starts.",
+    )
+    allow_unauthenticated: bool = Field(
+        default=False,
+        description="Listen on a non-loopback host without tokens (a loud warning at start); without "
+        "it, serve refuses to.",
+    )
+    max_body_bytes: int = Field(
+        default=2 * 1024 * 1024, ge=1024, description="Largest request body (413 above it)."
+    )
+    max_queued_requests: int = Field(
+        default=512,
+        ge=1,
+        description="Requests waiting for a replica, per caller, before new ones get 503 with Retry-After.",
+    )
+    request_timeout_s: float = Field(
+        default=30.0, gt=0, description="A request not answered by then gets 504 (503 from the proxy)."
+    )
+    feedback_timeout_s: float = Field(
+        default=5.0, gt=0, description="Longest wait for the feedback database (503 after it)."
     )
     feedback_db_url: str | None = Field(
         default=None, description="SQLAlchemy URL; default sqlite:///<data_dir>/feedback.db."
     )
+
+    @field_validator("auth_tokens", mode="before")
+    @classmethod
+    def _tokens_are_text(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            for number, token in enumerate(value, start=1):
+                if not isinstance(token, str):  # YAML made a number of it: say so, never show it
+                    raise ValueError(f"token {number} is not a string (quote it)")
+        return value
+
+    @field_validator("auth_tokens")
+    @classmethod
+    def _valid_tokens(cls, tokens: list[str]) -> list[str]:
+        for number, token in enumerate(tokens, start=1):
+            check_token(token, f"token {number}")
+        return tokens
+
+    def tokens(self) -> list[str]:
+        """``auth_tokens`` and the tokens of ``auth_tokens_file`` (blank lines and ``#`` comments
+        skipped); a file that cannot be read or holds no valid token is a ConfigError."""
+        found = list(self.auth_tokens)
+        if self.auth_tokens_file is not None:
+            found += read_token_file(self.auth_tokens_file)
+        return found
 
 
 class RescoreConfig(_Section):
@@ -273,6 +358,23 @@ class NightlyConfig(_Section):
     cron: str = Field(default="0 2 * * *", description="When `schedule` runs the nightly (cron, UTC).")
     replay_size: int = Field(default=20000, ge=0, description="Older tickets replayed next to the new days.")
     rescore_days: int = Field(default=7, ge=0, description="Newest days rescored by the champion (0: none).")
+
+
+class FeedbackConfig(_Section):
+    """Which answers of ``POST /v1/feedback`` the nightly trains on. Every answer is kept; a
+    ticket's label is its latest answer."""
+
+    new_tenants: Literal["reject", "hold", "accept"] = Field(
+        default="hold",
+        description="A label naming a tenant the champion does not know: reject (never trained on), "
+        "hold (trained on once confirmed) or accept.",
+    )
+    confirmations: int = Field(
+        default=3,
+        ge=1,
+        description="hold: a new tenant is confirmed once this many distinct tickets carry it, or two "
+        "distinct sources named it.",
+    )
 
 
 class StorageConfig(_Section):
@@ -365,6 +467,9 @@ class OncallConfig(_Section):
     serve: ServeConfig = Field(default_factory=ServeConfig, description="The Ray Serve routing endpoint.")
     rescore: RescoreConfig = Field(default_factory=RescoreConfig, description="Bulk scoring of archives.")
     nightly: NightlyConfig = Field(default_factory=NightlyConfig, description="The online-learning loop.")
+    feedback: FeedbackConfig = Field(
+        default_factory=FeedbackConfig, description="Which routing feedback the nightly trains on."
+    )
     storage: StorageConfig = Field(
         default_factory=StorageConfig, description="Object storage behind s3:// URIs."
     )
@@ -473,9 +578,7 @@ def _environment_overrides(environ: Mapping[str, str]) -> list[tuple[tuple[str, 
         raw = environ[name]
         if name in ENV_ALIASES:
             path = ENV_ALIASES[name]
-            value: Any = _parse_env_value(raw)
-            if path == ("serve", "auth_tokens") and isinstance(value, str):
-                value = [token.strip() for token in value.split(",") if token.strip()]
+            value: Any = _parse_tokens(raw, name) if path == TOKENS_PATH else _parse_env_value(raw)
         elif ENV_NESTING in name:
             path = tuple(part.lower() for part in name[len(ENV_PREFIX) :].split(ENV_NESTING))
             value = _parse_env_value(raw)
@@ -488,6 +591,17 @@ def _environment_overrides(environ: Mapping[str, str]) -> list[tuple[tuple[str, 
             continue
         found.append((path, value, f"environment variable {name}"))
     return found
+
+
+def _parse_tokens(raw: str, name: str) -> list[str]:
+    """Comma-separated tokens, never parsed as YAML (an all-digit token stays text). Set but
+    holding no token is an error: only an unset variable leaves auth off."""
+    tokens = [token.strip() for token in raw.split(",") if token.strip()]
+    if not tokens:
+        raise ConfigError(
+            f"{name} is set but holds no token (comma-separated: tok1,tok2); unset it to run without auth"
+        )
+    return tokens
 
 
 def _parse_env_value(raw: str) -> Any:
@@ -525,7 +639,8 @@ def _describe_validation_error(exc: ValidationError) -> str:
         if error["type"] == "extra_forbidden":
             lines.append(f"  {key}: unknown key")
         else:
-            lines.append(f"  {key}: {error['msg']} (got {error.get('input')!r})")
+            shown = "" if key.startswith(SECRET_KEYS) else f" (got {error.get('input')!r})"
+            lines.append(f"  {key}: {error['msg']}{shown}")
     return "\n".join(lines)
 
 

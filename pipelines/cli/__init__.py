@@ -1,5 +1,6 @@
 """``oncall-router``: a thin Typer layer over the jobs. Errors a user can fix are printed as one
-message naming the problem (exit 2), never as a traceback.
+message naming the problem, never as a traceback, with the error's exit code: 2 for a user error,
+69 for an MLflow registry that fails to answer, 75 when another job holds the jobs' lock.
 
 Options that override a config field are made by :func:`config_option`: their help and default
 come from the field, and :func:`_config` applies them, so a command only passes on the options
@@ -39,7 +40,7 @@ from pipelines.cli.render import (
 )
 from pipelines.config import OncallConfig, load_config
 from pipelines.contract.archive import Archive
-from pipelines.data.sample.generator import SampleSpec, generate_archive
+from pipelines.data.sample.generator import SampleSpec, generate_archive_at
 from pipelines.errors import OncallError
 from pipelines.logs import heartbeat, setup_logging
 
@@ -50,7 +51,6 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 
-EXIT_USER_ERROR = 2
 EXIT_VALIDATION_FAILED = 1
 # The overlay `demo` runs with (package data, so an installed wheel has it too).
 DEMO_OVERLAY = Path(__file__).with_name("demo.yaml")
@@ -128,7 +128,8 @@ def _date(value: dt.datetime | None) -> dt.date | None:
 def sample_data(
     ctx: typer.Context,
     out: Annotated[
-        Path | None, typer.Option(help="Archive directory. Default: data.archive (<data-dir>/archive).")
+        str | None,
+        typer.Option(help="Archive directory or s3:// URI. Default: data.archive (<data-dir>/archive)."),
     ] = None,
     days: Annotated[int, typer.Option(min=1)] = 30,
     tickets_per_day: Annotated[int, typer.Option(min=1)] = 2000,
@@ -143,7 +144,7 @@ def sample_data(
 ) -> None:
     """Generate a realistic, deterministic sample ticket archive with a manifest of its truth."""
     config = _config(ctx)
-    target = out or Path(config.archive_uri)
+    target = out or config.archive_uri
     spec = SampleSpec(
         days=days,
         tickets_per_day=tickets_per_day,
@@ -153,7 +154,7 @@ def sample_data(
         start=start.date(),
         seed=seed,
     )
-    manifest = generate_archive(spec, target, overwrite=overwrite)
+    manifest = generate_archive_at(spec, target, config.object_store, overwrite=overwrite)
     _emit(ctx, {"archive": target, "manifest": manifest}, lambda _: print_manifest(target, manifest))
 
 
@@ -182,6 +183,7 @@ def init_base_command(
         max_length=config.model.max_length,
         seed=seed,
         overwrite=overwrite,
+        store=config.object_store,
     )
     _emit(ctx, {"base": built}, lambda _: console.print(f"base: {built}"))
 
@@ -195,7 +197,7 @@ def validate_command(
 ) -> None:
     """Check an archive against the ticket contract; exit 1 when anything breaks it."""
     config = _config(ctx)
-    report = Archive(config.archive_uri).validate(_date(since), _date(until))
+    report = Archive(config.archive_uri, config.object_store).validate(_date(since), _date(until))
     _emit(ctx, report, print_validation)
     if not report.ok:
         raise typer.Exit(EXIT_VALIDATION_FAILED)
@@ -340,14 +342,18 @@ def rescore_command(
     until: DateOption = None,
     on_bad_file: Annotated[str | None, config_option("rescore.on_bad_file")] = None,
 ) -> None:
-    """Score an archive in bulk with a registered version (Ray Data actor pool) into
-    <out>/model_version=<v>/date=YYYY-MM-DD/; committed days are skipped, so re-running resumes."""
+    """Score an archive in bulk with a registered version (Ray Data actor pool) into the scored
+    table (Iceberg, warehouse <out>, one commit per version and day); committed days are skipped,
+    so re-running resumes."""
     config = _config(ctx)
 
     from pipelines.inference.rescore import RescoreRequest, rescore  # Ray + torch: only where needed
+    from pipelines.registry.lock import jobs_lock
 
     request = RescoreRequest(alias=alias, version=version, since=_date(since), until=_date(until))
-    _emit(ctx, rescore(config, request), print_rescore)
+    with jobs_lock(config, "rescore"):
+        summary = rescore(config, request)
+    _emit(ctx, summary, print_rescore)
 
 
 @app.command("schedule")
@@ -428,4 +434,4 @@ def main() -> None:
         Console(stderr=True, soft_wrap=True).print(
             f"error: {exc}", markup=False, highlight=False, style="bold red"
         )
-        sys.exit(EXIT_USER_ERROR)
+        sys.exit(exc.exit_code)  # 2 unless the error class says otherwise

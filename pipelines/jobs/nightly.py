@@ -6,8 +6,9 @@ older tickets, the head grows for new tenants) → register → gate → promote
 Every step leaves a trace in MLflow (the training run and the registered version are tagged
 with the date, the gate's decision is tagged on the version, the nightly run records the rest),
 so a re-run of the same date reuses what is done: a finished date is a no-op, a crashed one
-resumes where it stopped, and nothing is trained or registered twice. A lock file keeps two
-runs from overlapping on this data dir.
+resumes where it stopped, and nothing is trained or registered twice. The jobs' lock
+(:mod:`pipelines.registry.lock`) keeps it from overlapping another nightly, a promote, a rollback
+or a rescore.
 
 A successful run is also recorded on the registered model (``Registry.record_nightly_success``):
 the serving replicas export it as ``oncall_router_nightly_last_success_timestamp_seconds``, which
@@ -18,27 +19,23 @@ metric it could export, is gone by then).
 from __future__ import annotations
 
 import datetime as dt
-import fcntl
 import logging
-import os
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-import pandas as pd
-
 from pipelines.config import OncallConfig
 from pipelines.contract.archive import Archive
 from pipelines.contract.days import DayWindow
-from pipelines.data.feedback import FeedbackStore
+from pipelines.data.feedback import FeedbackStore, accepted_labels, changed_labels
 from pipelines.errors import OncallError
 from pipelines.faults import Faults
 from pipelines.inference.rescore import RescoreRequest, rescore
 from pipelines.ray_runtime import ray_session
+from pipelines.registry.lock import jobs_lock
 from pipelines.registry.promotion import promote
 from pipelines.registry.tracking import RunLog, RunRecord, Tracker
 from pipelines.registry.versions import CHAMPION, Registry, VersionRef
@@ -49,13 +46,8 @@ log = logging.getLogger(__name__)
 NIGHTLY_EXPERIMENT = "nightly"
 DATE_TAG = "nightly.date"
 INGESTED_TAG = "nightly.ingested_until"
-LOCK_FILE = "nightly.lock"
 STEPS = ("ingest", "train", "register", "gate", "rescore")
 T = TypeVar("T")
-
-
-class NightlyLockedError(OncallError):
-    """Another nightly run holds the lock."""
 
 
 @dataclass(frozen=True)
@@ -72,7 +64,10 @@ class NightlySummary:
     status: str = "completed"  # completed | already done | nothing new
     new_days: list[dt.date] = field(default_factory=list)
     window: str = ""
-    feedback_labels: int = 0
+    feedback_labels: int = 0  # tickets answered since the last successful run
+    feedback_changed: int = 0  # accepted feedback labels that differ from the archive's
+    feedback_held: int = 0  # tickets whose label names a new tenant not yet confirmed
+    feedback_rejected: int = 0  # tickets whose label names a new tenant, refused by the policy
     champion_before: str | None = None
     version: str | None = None
     decision: str = ""  # promoted | rejected | (empty: nothing trained)
@@ -96,25 +91,31 @@ def last_successful_date(config: OncallConfig) -> dt.date | None:
 
 
 def run_nightly(config: OncallConfig, request: NightlyRequest) -> NightlySummary:
-    with exclusive_lock(config.data_dir / LOCK_FILE):
+    with jobs_lock(config, "nightly"):
         done = [r for r in _finished_runs(Tracker(config)) if r.tags[DATE_TAG] == request.date.isoformat()]
         if done:
             log.info("nightly %s already completed (run %s): nothing to do", request.date, done[0].run_id)
             return _summary_of(done[0], request.date)
+        archive = Archive(request.archive_uri or config.archive_uri, config.object_store)
+        days = [p.day for p in archive.partitions(until=request.date)]  # before Ray: fail fast
         with ray_session(config):
-            return _NightlyRun(config, request).run()
+            return _NightlyRun(config, request, archive, days).run()
 
 
 class _NightlyRun:
-    def __init__(self, config: OncallConfig, request: NightlyRequest) -> None:
+    def __init__(
+        self, config: OncallConfig, request: NightlyRequest, archive: Archive, days: list[dt.date]
+    ) -> None:
         self.config = config
         self.request = request
         self.date = request.date
-        self.archive = request.archive_uri or config.archive_uri
+        self.archive = archive.uri
+        self.archive_days = days
+        self._archive = archive
         self.tracker = Tracker(config)
         self.registry = Registry(config, self.tracker.client)
         self.summary = NightlySummary(date=self.date)
-        self.feedback = pd.DataFrame(columns=["ticket_id", "tenant", "source", "received_at"])
+        self.overrides: dict[str, str] = {}  # feedback labels trained on: ticket → tenant (set by ingest)
         self.window: tuple[dt.date | None, dt.date] = (None, self.date)  # set by the ingest step
         self.run_log: RunLog  # set by run()
 
@@ -152,14 +153,9 @@ class _NightlyRun:
         """New days: partitions after what the last successful run (or the champion) covered."""
         finished = _finished_runs(self.tracker)
         covered = _ingested_until(finished, self.registry)
-        days = [p.day for p in Archive(self.archive).partitions(until=self.date)]
+        days = self.archive_days
         self.summary.new_days = [day for day in days if covered is None or day > covered]
-        self.feedback = FeedbackStore(self.config.feedback_db_url).read()
-        since_last = max((r.ended_at for r in finished if r.ended_at), default=None)
-        recent = (
-            self.feedback if since_last is None else self.feedback[self.feedback.received_at > since_last]
-        )
-        self.summary.feedback_labels = len(recent)
+        self._ingest_feedback(max((r.ended_at for r in finished if r.ended_at), default=None))
         needed = self.config.data.validation_days + self.config.data.test_days + 1
         window = days[-max(len(self.summary.new_days), needed) :] if covered is not None else days
         if not window:
@@ -176,6 +172,31 @@ class _NightlyRun:
         )
         return (self.summary.new_days or [covered or self.date])[-1].isoformat()
 
+    def _ingest_feedback(self, since_last: dt.datetime | None) -> None:
+        """Feedback labels the policy lets into training (``feedback.*``), and what they change."""
+        store = FeedbackStore(self.config.feedback_db_url)
+        try:
+            history = store.history()
+        finally:
+            store.close()
+        champion = self.registry.alias_or_none(CHAMPION)
+        labels = accepted_labels(
+            history, self.registry.tenants(champion) if champion else (), self.config.feedback
+        )
+        self.overrides = labels.accepted
+        recent = history if since_last is None else history[history.received_at > since_last]
+        self.summary.feedback_labels = recent.ticket_id.nunique()
+        self.summary.feedback_held = sum(labels.held.values())
+        self.summary.feedback_rejected = sum(labels.rejected.values())
+        self.summary.feedback_changed = changed_labels(self._archive, self.date, labels.accepted)
+        if labels.held or labels.rejected:
+            log.warning(
+                "feedback naming tenants the champion does not know: held %s, rejected %s (feedback.new_tenants=%s)",
+                labels.held,
+                labels.rejected,
+                self.config.feedback.new_tenants,
+            )
+
     def _train(self) -> str:
         existing = self._tagged_training_run()
         if existing is not None:
@@ -184,7 +205,6 @@ class _NightlyRun:
             self.summary.train_run_id = existing
             return existing
         champion = self.registry.alias_or_none(CHAMPION)
-        overrides = dict(zip(self.feedback.ticket_id, self.feedback.tenant, strict=True))
         with tempfile.TemporaryDirectory(prefix="oncall-nightly-") as folder:
             warm_start = self.registry.download(champion, Path(folder)) if champion else None
             result = train(
@@ -197,7 +217,7 @@ class _NightlyRun:
                     register=False,
                     warm_start=warm_start,
                     replay_rows=self.config.nightly.replay_size if champion else 0,
-                    label_overrides=overrides,
+                    label_overrides=self.overrides,
                     run_tags={DATE_TAG: self.date.isoformat()},
                 ),
             )
@@ -279,6 +299,9 @@ def _record(run: RunLog, summary: NightlySummary, ingested_until: str) -> None:
         {
             "new_days": len(summary.new_days),
             "feedback_labels": summary.feedback_labels,
+            "feedback_changed": summary.feedback_changed,
+            "feedback_held": summary.feedback_held,
+            "feedback_rejected": summary.feedback_rejected,
             "rescored_rows": summary.rescored_rows,
             "rescored_misrouted": summary.rescored_misrouted,
         }
@@ -319,33 +342,13 @@ def _summary_of(run: RunRecord, date: dt.date) -> NightlySummary:
         champion_after=tags.get("nightly.champion_after") or None,
         train_run_id=tags.get("nightly.train_run_id", ""),
         feedback_labels=int(metrics.get("feedback_labels", 0)),
+        feedback_changed=int(metrics.get("feedback_changed", 0)),
+        feedback_held=int(metrics.get("feedback_held", 0)),
+        feedback_rejected=int(metrics.get("feedback_rejected", 0)),
         rescored_rows=int(metrics.get("rescored_rows", 0)),
         rescored_misrouted=int(metrics.get("rescored_misrouted", 0)),
         reused_steps=[s for s in tags.get("nightly.reused_steps", "").split(",") if s],
     )
-
-
-@contextmanager
-def exclusive_lock(path: Path) -> Iterator[None]:
-    """An exclusive, non-blocking lock on ``path`` (released by the OS if the process dies)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "unknown"
-            raise NightlyLockedError(f"another nightly run holds {path} ({holder})") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()} since {dt.datetime.now(dt.UTC).isoformat(timespec='seconds')}\n")
-        handle.flush()
-        try:
-            yield
-        finally:
-            handle.seek(0)
-            handle.truncate()
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def describe(summary: NightlySummary) -> dict[str, Any]:
@@ -361,6 +364,8 @@ def describe(summary: NightlySummary) -> dict[str, Any]:
         ),
         "training window": summary.window or "-",
         "new feedback labels": summary.feedback_labels,
+        "labels changed by feedback": summary.feedback_changed,
+        "feedback held / rejected (new tenants)": f"{summary.feedback_held} / {summary.feedback_rejected}",
         "champion before": summary.champion_before or "none",
         "trained version": summary.version or "-",
         "gate": summary.decision or "-",

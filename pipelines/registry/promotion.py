@@ -18,6 +18,7 @@ from pipelines.data.window import labelled_rows
 from pipelines.errors import ModelError
 from pipelines.model.inference import TicketClassifier
 from pipelines.ray_runtime import ray_session
+from pipelines.registry.lock import jobs_lock
 from pipelines.registry.versions import CHALLENGER, CHAMPION, GateRecord, Registry, VersionRef
 
 log = logging.getLogger(__name__)
@@ -146,10 +147,18 @@ def promote(
     reason: str = "",
 ) -> Decision:
     """Gate a version (default: alias ``challenger``) against ``champion``; promote if it passes
-    (or if forced, with the reason recorded). The decision is tagged on the version.
+    (or if forced, with the reason recorded). The decision is tagged on the version. Under the
+    jobs' lock (:mod:`pipelines.registry.lock`).
 
     Tickets come from ``archive_uri``, else the configured ``data.archive``, else the archive the
     candidate was trained on: the reference labels are the platform's, not the candidate's."""
+    with jobs_lock(config, "promote"):
+        return _gate_and_promote(config, version, archive_uri, force, reason)
+
+
+def _gate_and_promote(
+    config: OncallConfig, version: str | None, archive_uri: str | None, force: bool, reason: str
+) -> Decision:
     # Versions
     registry = Registry(config)
     candidate = registry.get(version=version) if version else registry.get(alias=CHALLENGER)
@@ -213,9 +222,11 @@ def _predict_evaluation_set(
         for role, model in (("challenger", challenger), ("champion", champion)):
             if model is None:
                 continue
-            rows = labelled_rows(archive, model.text_builder, since, until)
+            rows = labelled_rows(archive, model.text_builder, since, until, config.object_store)
             if config.promotion.golden_set:
-                golden = labelled_rows(config.promotion.golden_set, model.text_builder, None, None)
+                golden = labelled_rows(
+                    config.promotion.golden_set, model.text_builder, None, None, config.object_store
+                )
                 rows = pd.concat([rows, golden.assign(ticket_id="golden:" + golden["ticket_id"])])
             rows = rows.set_index("ticket_id").sort_index()
             if rows.empty:
@@ -229,5 +240,7 @@ def _predict_evaluation_set(
 
 
 def rollback(config: OncallConfig) -> tuple[str, str]:
-    """Move ``champion`` back to ``previous``; returns (from version, to version)."""
-    return Registry(config).rollback()
+    """Move ``champion`` back to ``previous``; returns (from version, to version). Under the
+    jobs' lock."""
+    with jobs_lock(config, "rollback"):
+        return Registry(config).rollback()

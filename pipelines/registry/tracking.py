@@ -10,17 +10,20 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import re
 import time
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from pipelines.config import OncallConfig
+from pipelines.errors import RegistryError
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +33,55 @@ EVALUATION_ARTIFACT = "evaluation"
 MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
 MAX_TAG_CHARS = 4000  # what we keep of a long tag value (reasons, JSON)
 FINISHED = "FINISHED"
+# MLflow's answers for something that does not exist: a missing model or version is
+# RESOURCE_DOES_NOT_EXIST, a missing alias INVALID_PARAMETER_VALUE "… alias X not found."
+_ABSENT_CODE = "RESOURCE_DOES_NOT_EXIST"
+_ALIAS_NOT_FOUND = re.compile(r"\balias \S+ not found", re.IGNORECASE)
+_MAX_REASON_CHARS = 300
+
+
+def redact(uri: str) -> str:
+    """``uri`` with its password (and an http(s) URI's lone user, a token) replaced by ``***``:
+    what messages and logs show."""
+    scheme, separator, rest = uri.partition("://")
+    authority, slash, path = rest.partition("/")
+    if not separator or "@" not in authority:
+        return uri
+    userinfo, host = authority.rsplit("@", 1)
+    user, colon, _ = userinfo.partition(":")
+    if not colon and scheme.startswith("http"):  # https://<token>@host: the user is the secret
+        user = "***"
+    return f"{scheme}://{user}{':***' if colon else ''}@{host}{slash}{path}"
+
+
+def is_absent(exc: MlflowException) -> bool:
+    """True when MLflow says the model, version or alias does not exist (and nothing failed)."""
+    return exc.error_code == _ABSENT_CODE or (
+        exc.error_code == "INVALID_PARAMETER_VALUE" and _ALIAS_NOT_FOUND.search(exc.message) is not None
+    )
+
+
+@contextmanager
+def registry_errors(tracking_uri: str, operation: str) -> Iterator[None]:
+    """MLflow failures inside the block become a :class:`RegistryError` naming the store (without
+    credentials) and ``operation``; "does not exist" answers pass through as they are, for the
+    caller to treat as absent."""
+    try:
+        yield
+    except MlflowException as exc:
+        if is_absent(exc):
+            raise
+        raise RegistryError(_failure(tracking_uri, operation, exc.message)) from None
+    except OSError as exc:  # requests' connection errors, a store's files
+        raise RegistryError(_failure(tracking_uri, operation, str(exc))) from None
+
+
+def _failure(tracking_uri: str, operation: str, reason: str) -> str:
+    shown = redact(tracking_uri)
+    first_line = (reason.strip().splitlines() or ["no reason given"])[0].replace(tracking_uri, shown)
+    if len(first_line) > _MAX_REASON_CHARS:
+        first_line = first_line[:_MAX_REASON_CHARS] + "…"
+    return f"MLflow at {shown}: {operation} failed: {first_line}"
 
 
 def tracking_client(config: OncallConfig) -> MlflowClient:
@@ -120,13 +172,15 @@ class Tracker:
     def experiment_id(self, name: str) -> str:
         """The experiment's id, created on first use. With an embedded store its artifacts go
         under ``<data_dir>/mlartifacts`` (a server decides for itself)."""
-        experiment = self.client.get_experiment_by_name(name)
+        with self._calling(f"reading experiment '{name}'"):
+            experiment = self.client.get_experiment_by_name(name)
         if experiment is not None:
             return experiment.experiment_id
         location = None
         if not self.config.tracking_uri.startswith(("http://", "https://", "databricks")):
             location = (Path(self.config.artifacts_dir).resolve() / name).as_uri()
-        return self.client.create_experiment(name, artifact_location=location)
+        with self._calling(f"creating experiment '{name}'"):
+            return self.client.create_experiment(name, artifact_location=location)
 
     @contextmanager
     def run(
@@ -157,18 +211,23 @@ class Tracker:
         return RunLog(self.client, run_id)
 
     def get(self, run_id: str) -> RunRecord:
-        return RunRecord.of(self.client.get_run(run_id))
+        with self._calling(f"reading run {run_id}"):
+            return RunRecord.of(self.client.get_run(run_id))
 
     def find(
         self, experiment: str, *, tags: Mapping[str, str] | None = None, finished: bool = False
     ) -> list[RunRecord]:
         """Runs of ``experiment`` whose tags equal ``tags``, newest first; [] if it does not exist."""
-        found = self.client.get_experiment_by_name(experiment)
-        if found is None:
-            return []
-        # Dotted keys need backticks in MLflow filter strings.
-        clauses = [f"tags.`{key}` = '{value}'" for key, value in (tags or {}).items()]
-        if finished:
-            clauses.append(f"attributes.status = '{FINISHED}'")
-        runs = self.client.search_runs([found.experiment_id], filter_string=" and ".join(clauses))
+        with self._calling(f"searching runs of experiment '{experiment}'"):
+            found = self.client.get_experiment_by_name(experiment)
+            if found is None:
+                return []
+            # Dotted keys need backticks in MLflow filter strings.
+            clauses = [f"tags.`{key}` = '{value}'" for key, value in (tags or {}).items()]
+            if finished:
+                clauses.append(f"attributes.status = '{FINISHED}'")
+            runs = self.client.search_runs([found.experiment_id], filter_string=" and ".join(clauses))
         return [RunRecord.of(run) for run in runs]
+
+    def _calling(self, operation: str) -> AbstractContextManager[None]:
+        return registry_errors(self.config.tracking_uri, operation)

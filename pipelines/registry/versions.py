@@ -13,6 +13,7 @@ import logging
 import subprocess
 import tempfile
 from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -26,7 +27,13 @@ from pipelines.config import OncallConfig
 from pipelines.contract.days import DayWindow
 from pipelines.errors import ModelError
 from pipelines.registry.packaging import classifier_in
-from pipelines.registry.tracking import MAX_TAG_CHARS, MODEL_ARTIFACT, tracking_client
+from pipelines.registry.tracking import (
+    MAX_TAG_CHARS,
+    MODEL_ARTIFACT,
+    redact,
+    registry_errors,
+    tracking_client,
+)
 
 if TYPE_CHECKING:
     from pipelines.model.inference import TicketClassifier
@@ -42,6 +49,10 @@ VERSION_METRICS = ("test_top1", "test_top3", "test_macro_f1", "test_ece", "test_
 WINDOW_KEYS = ("window.train", "window.validation", "window.test")
 # A tag of the registered model (not of a version): when the nightly last succeeded (ISO 8601).
 NIGHTLY_SUCCESS_TAG = "nightly.last_success"
+
+
+class MissingVersionError(ModelError):
+    """The registered model, the version or the alias does not exist."""
 
 
 def window_params(train: DayWindow, validation: DayWindow, test: DayWindow) -> dict[str, str]:
@@ -142,9 +153,13 @@ class Registry:
 
     def register_run(self, run_id: str, *, alias: str | None = CHALLENGER) -> VersionRef:
         """A new version from a training run's classifier, tagged with its metrics and window."""
-        run = self.client.get_run(run_id)
+        with self._calling(f"reading run {run_id}"):
+            run = self.client.get_run(run_id)
         if self._registered_model() is None:
-            self.client.create_registered_model(self.name, description="oncall ticket → tenant classifier")
+            with self._calling(f"creating registered model '{self.name}'"):
+                self.client.create_registered_model(
+                    self.name, description="oncall ticket → tenant classifier"
+                )
         tags: dict[str, Any] = {
             "run_id": run_id,
             **{key: run.data.params.get(key, "") for key in WINDOW_KEYS},
@@ -154,43 +169,50 @@ class Registry:
         tags.update(
             {name: f"{run.data.metrics[name]:.6f}" for name in VERSION_METRICS if name in run.data.metrics}
         )
-        created = self.client.create_model_version(
-            self.name, source=f"{run.info.artifact_uri}/{MODEL_ARTIFACT}", run_id=run_id, tags=tags
-        )
+        with self._calling(f"registering run {run_id} as a version of '{self.name}'"):
+            created = self.client.create_model_version(
+                self.name, source=f"{run.info.artifact_uri}/{MODEL_ARTIFACT}", run_id=run_id, tags=tags
+            )
         if alias:
-            self.client.set_registered_model_alias(self.name, alias, created.version)
+            self.set_alias(alias, str(created.version))
         log.info("registered %s version %s from run %s", self.name, created.version, run_id)
         return self.get(version=str(created.version))
 
     def get(self, *, alias: str | None = None, version: str | None = None) -> VersionRef:
-        """A version by alias or number, with a clear error when there is none."""
+        """A version by alias or number. A missing model, version or alias is a
+        :class:`MissingVersionError`; a registry that fails to answer is a
+        :class:`~pipelines.errors.RegistryError`, never mistaken for "none"."""
         if (alias is None) == (version is None):
             raise ModelError("name exactly one of alias or version")
+        what = f"alias '{alias}'" if alias else f"version {version}"
         try:
-            found = (
-                self.client.get_model_version_by_alias(self.name, alias)
-                if alias
-                else self.client.get_model_version(self.name, version)
-            )
-        except MlflowException:
-            what = f"alias '{alias}'" if alias else f"version {version}"
-            raise ModelError(
-                f"registered model '{self.name}' has no {what} in {self.config.tracking_uri}"
+            with self._calling(f"reading {what} of '{self.name}'"):
+                found = (
+                    self.client.get_model_version_by_alias(self.name, alias)
+                    if alias
+                    else self.client.get_model_version(self.name, version)
+                )
+        except MlflowException:  # only "does not exist" gets through registry_errors
+            raise MissingVersionError(
+                f"registered model '{self.name}' has no {what} in {redact(self.config.tracking_uri)}"
             ) from None
         return VersionRef.of(found)
 
     def alias_or_none(self, alias: str) -> VersionRef | None:
+        """The version ``alias`` names; None only when the registry says there is none."""
         try:
             return self.get(alias=alias)
-        except ModelError:
+        except MissingVersionError:
             return None
 
     def set_alias(self, alias: str, version: str) -> None:
-        self.client.set_registered_model_alias(self.name, alias, version)
+        with self._calling(f"setting alias '{alias}' of '{self.name}' to version {version}"):
+            self.client.set_registered_model_alias(self.name, alias, version)
 
     def tag(self, version: str, tags: dict[str, str]) -> None:
-        for key, value in tags.items():
-            self.client.set_model_version_tag(self.name, version, key, value)
+        with self._calling(f"tagging version {version} of '{self.name}'"):
+            for key, value in tags.items():
+                self.client.set_model_version_tag(self.name, version, key, value)
 
     def record_nightly_success(self, at: dt.datetime) -> None:
         """On the registered model, where every serving replica reads it (and exports it for the
@@ -198,7 +220,10 @@ class Registry:
         if self._registered_model() is None:
             log.warning("no registered model '%s': the nightly's success is not recorded", self.name)
             return
-        self.client.set_registered_model_tag(self.name, NIGHTLY_SUCCESS_TAG, at.isoformat(timespec="seconds"))
+        with self._calling(f"tagging registered model '{self.name}'"):
+            self.client.set_registered_model_tag(
+                self.name, NIGHTLY_SUCCESS_TAG, at.isoformat(timespec="seconds")
+            )
 
     def last_nightly_success(self) -> dt.datetime | None:
         """None before the first success, or when the tag was edited into something unreadable."""
@@ -212,7 +237,8 @@ class Registry:
 
     def versions_of_run(self, run_id: str) -> list[VersionRef]:
         """Versions registered from a training run (a resumed nightly registers it once)."""
-        found = self.client.search_model_versions(f"name='{self.name}' and run_id='{run_id}'")
+        with self._calling(f"searching versions of '{self.name}'"):
+            found = self.client.search_model_versions(f"name='{self.name}' and run_id='{run_id}'")
         return sorted((VersionRef.of(v) for v in found), key=lambda ref: int(ref.version))
 
     def record_gate(self, version: str, record: GateRecord) -> None:
@@ -233,7 +259,8 @@ class Registry:
         if previous is None or current is None:
             raise ModelError(f"nothing to roll back to: '{self.name}' has no '{PREVIOUS}' alias")
         self.set_alias(CHAMPION, previous.version)
-        self.client.delete_registered_model_alias(self.name, PREVIOUS)
+        with self._calling(f"deleting alias '{PREVIOUS}' of '{self.name}'"):
+            self.client.delete_registered_model_alias(self.name, PREVIOUS)
         self.tag(
             current.version, {"gate.rolled_back_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
         )
@@ -241,10 +268,23 @@ class Registry:
 
     def download(self, ref: VersionRef, dst: Path) -> Path:
         """The version's classifier directory, downloaded under ``dst``."""
-        root = download_artifacts(
-            artifact_uri=ref.source, dst_path=str(dst), tracking_uri=self.config.tracking_uri
-        )
+        with self._calling(f"downloading version {ref.version} of '{self.name}'"):
+            root = download_artifacts(
+                artifact_uri=ref.source, dst_path=str(dst), tracking_uri=self.config.tracking_uri
+            )
         return classifier_in(Path(root))
+
+    def tenants(self, ref: VersionRef) -> tuple[str, ...]:
+        """The tenants a version knows (its ``labels.json``, downloaded alone)."""
+        from pipelines.model.artifact import LABELS_FILE, LabelSet  # torch: not at the CLI's start-up
+
+        labels_uri = f"{ref.source}/{classifier_in(Path()).as_posix()}/{LABELS_FILE}"
+        with tempfile.TemporaryDirectory(prefix="oncall-labels-") as folder:
+            with self._calling(f"downloading the labels of version {ref.version} of '{self.name}'"):
+                path = download_artifacts(
+                    artifact_uri=labels_uri, dst_path=folder, tracking_uri=self.config.tracking_uri
+                )
+            return LabelSet.load(Path(path).parent).tenants
 
     def download_run_model(self, run_id: str, dst: Path) -> Path:
         """The classifier directory of a training run (registered or not), downloaded under ``dst``."""
@@ -285,10 +325,15 @@ class Registry:
         return classifier
 
     def _registered_model(self) -> Any:
+        """The registered model; None only when the registry says it does not exist."""
         try:
-            return self.client.get_registered_model(self.name)
-        except MlflowException:
+            with self._calling(f"reading registered model '{self.name}'"):
+                return self.client.get_registered_model(self.name)
+        except MlflowException:  # only "does not exist" gets through registry_errors
             return None
+
+    def _calling(self, operation: str) -> AbstractContextManager[None]:
+        return registry_errors(self.config.tracking_uri, operation)
 
 
 def _git_commit() -> str:
