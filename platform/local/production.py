@@ -197,7 +197,7 @@ def _spawn(state: State, name: str, command: list[str], environment: dict[str, s
             stdout=output,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            env={**os.environ, **environment},
+            env={**_own_environment(), **environment},
             start_new_session=True,
         )
     state.process_groups[name] = process.pid
@@ -276,15 +276,18 @@ def alive_nodes(environment: dict[str, str]) -> dict[str, str]:
     """``{node name: Ray node id}`` of the alive nodes (by their custom resource)."""
     result = subprocess.run(
         [_bin("ray"), "list", "nodes", "--format", "json", "--detail", "--limit", "100"],
-        env={**os.environ, **environment, "RAY_ADDRESS": environment["RAY_API_SERVER_ADDRESS"]},
+        env={**_own_environment(), **environment, "RAY_ADDRESS": environment["RAY_API_SERVER_ADDRESS"]},
         capture_output=True,
         text=True,
         timeout=60,
     )
-    if result.returncode != 0:
-        return {}
+    try:
+        listed = json.loads(result.stdout) if result.returncode == 0 else []
+    except json.JSONDecodeError:
+        log.debug("`ray list nodes` printed no JSON: %s", result.stdout[-500:])
+        listed = []
     nodes = {}
-    for node in json.loads(result.stdout):
+    for node in listed:
         if node.get("state") != "ALIVE":
             continue
         name = next((n for n in NODES if n in (node.get("resources_total") or {})), None)
@@ -355,6 +358,12 @@ def read_environment(directory: Path) -> dict[str, str]:
             environment[name] = value
     environment["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     return environment
+
+
+def _own_environment() -> dict[str, str]:
+    """The caller's environment without its Ray and oncall settings: a RAY_ADDRESS or RAY_*
+    switch of another Ray (a test session's, a user's shell) must not reach these processes."""
+    return {name: value for name, value in os.environ.items() if not name.startswith(("RAY_", "ONCALL_"))}
 
 
 def free_port() -> int:

@@ -82,6 +82,11 @@ def values(lines: list[str], name: str) -> list[float]:
     return [float(line.rsplit(" ", 1)[1]) for line in lines if line.split("{")[0].split(" ")[0] == name]
 
 
+# Counters of rare events: Ray exports a counter only once it was incremented (it refuses inc(0)), so
+# these appear after the event; tests/unit/serve counts them (test_isolation, test_request_counting).
+EVENT_COUNTERS = {"ray_oncall_router_unscorable_tickets_total", "ray_oncall_router_model_load_failures_total"}
+
+
 def send_traffic(url: str, tickets: list[dict]) -> list[dict]:
     batch = requests.post(f"{url}/v1/route/batch", json={"tickets": tickets}, timeout=60)
     batch.raise_for_status()
@@ -101,7 +106,7 @@ def test_every_metric_of_the_rules_and_the_dashboard_is_scraped(
     def missing() -> set[str]:
         lines = scrape()
         names = {line.split("{")[0].split(" ")[0] for line in lines}
-        left = {name for name in wanted if name not in names}
+        left = {name for name in wanted if name not in names and name not in EVENT_COUNTERS}
         if version not in values(lines, "ray_oncall_router_model_version"):
             left.add(f"ray_oncall_router_model_version = {version}")
         nightly = values(lines, "ray_oncall_router_nightly_last_success_timestamp_seconds")
@@ -183,13 +188,15 @@ def test_prometheus_evaluates_every_rule_and_answers_every_panel(
     assert states["OncallRouterNightlyStale"][1] == "inactive"
 
 
-def test_an_unhandled_error_is_exported_as_a_500(served: Served) -> None:
+def test_a_broken_feedback_store_is_a_503_and_counted(served: Served) -> None:
+    first = requests.post(f"{served.url}/v1/feedback", json={"ticket_id": "INC-0", "tenant": "t"}, timeout=30)
+    assert first.status_code == 200  # the store is opened on first use
     with closing(sqlite3.connect(served.feedback_db)) as connection:  # the store breaks under the endpoint
         connection.execute(f"DROP TABLE {FEEDBACK_TABLE}")
     answer = requests.post(
         f"{served.url}/v1/feedback", json={"ticket_id": "INC-1", "tenant": "t"}, timeout=30
     )
-    assert answer.status_code == 500
+    assert answer.status_code == 503 and answer.headers.get("Retry-After")
 
     def missing() -> set[str]:
         counted = [
@@ -197,8 +204,8 @@ def test_an_unhandled_error_is_exported_as_a_500(served: Served) -> None:
             for line in scrape()
             if line.startswith("ray_oncall_router_requests_total{")
             and 'route="/v1/feedback"' in line
-            and 'status="500"' in line
+            and 'status="503"' in line
         ]
-        return set() if counted else {"a 500 on /v1/feedback"}
+        return set() if counted else {"a 503 on /v1/feedback"}
 
     assert not wait_for(missing)
