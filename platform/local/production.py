@@ -49,7 +49,9 @@ log = logging.getLogger("production")
 
 BUCKET = "oncall"
 NODES = ("head", "worker1", "worker2")
-NODE_CPUS = {"head": 2, "worker1": 2, "worker2": 2}
+# Logical CPUs (more than the 2 physical cores): a worker node holds a Train worker next to up to
+# two model replicas and the ingress, wherever Serve put them after a node was replaced.
+NODE_CPUS = {"head": 2, "worker1": 4, "worker2": 4}
 REGION = "us-east-1"
 # moto accepts any credentials; real ones never belong in files or logs.
 DUMMY_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "oncall-local", "AWS_SECRET_ACCESS_KEY": "oncall-local"}
