@@ -185,7 +185,8 @@ def test_training_on_two_nodes_resumes_from_a_checkpoint_in_the_bucket_after_a_n
 
     import mlflow
 
-    client = mlflow.MlflowClient(production.tracking())
+    # both URIs: an earlier test in this process may have set a global registry URI
+    client = mlflow.MlflowClient(tracking_uri=production.tracking(), registry_uri=production.tracking())
     version = client.get_model_version("oncall-router", "1")
     run = client.get_run(version.run_id)
     assert run.data.metrics["resumed_from_step"] > 0, "the run did not resume from a checkpoint"

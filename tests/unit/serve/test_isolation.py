@@ -3,6 +3,7 @@ answers (no Ray: the replica's scoring step on a stand-in classifier)."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping, Sequence
 from types import SimpleNamespace
 from typing import Any
@@ -30,6 +31,7 @@ def replica() -> TicketRouterModel:
     model = object.__new__(TicketRouterModel)  # only the scoring step: no registry, no watcher
     model._settings = SimpleNamespace(top_k=3)
     model._metrics = SimpleNamespace(unscorable=Mock())
+    model._stop = threading.Event()  # what __del__ sets
     return model
 
 
