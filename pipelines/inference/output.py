@@ -158,7 +158,15 @@ class PartitionWriter:
             "scored": str(result.scored),
             "rejected": json.dumps(dict(result.rejected)),
             "skipped_files": json.dumps(list(result.skipped_files)),
+            "files": json.dumps(
+                sorted(file_name(path) for path, day in self.day_of.items() if day == result.day)
+            ),
         }
+
+
+def file_name(path: str) -> str:
+    """A file's name within its day partition (what a later run compares)."""
+    return path.rstrip("/").rsplit("/", 1)[-1]
 
 
 def _reject_duplicates(rows: pa.Table, seen: set[str]) -> pa.Table:

@@ -24,11 +24,11 @@ import ray
 import ray.data
 
 from pipelines.config import OncallConfig
-from pipelines.contract.archive import Archive, Partition
+from pipelines.contract.archive import Archive, Partition, partition_dir
 from pipelines.contract.rows import TICKET_READ_SCHEMA
 from pipelines.errors import ArchiveError, ConfigError
 from pipelines.inference.actor import ScoreTickets
-from pipelines.inference.output import PartitionWriter
+from pipelines.inference.output import PartitionWriter, file_name
 from pipelines.inference.summary import (
     MISROUTED_ARTIFACT,
     PartitionResult,
@@ -91,7 +91,7 @@ def rescore(
         model_version=ref.version,
         on_bad_file=request.on_bad_file or config.rescore.on_bad_file,
     )
-    pending = _plan(archive, request, summary, table.committed_days(ref.version))
+    pending = _plan(archive, request, summary, _complete_days(archive, request, table, ref, summary))
 
     # Score and commit each day, in one MLflow run whose metrics are logged even when it fails.
     run_name = f"rescore-v{ref.version}-{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}"
@@ -147,6 +147,37 @@ class _ScoringModel:
     def of(cls, registry: Registry, ref: VersionRef, scratch: Path) -> _ScoringModel:
         root = registry.download(ref, scratch / "model")
         return cls(ref, {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()})
+
+
+def _complete_days(
+    archive: Archive, request: RescoreRequest, table: ScoredTable, ref: VersionRef, summary: RescoreSummary
+) -> set[dt.date]:
+    """Days the table holds for the version whose partition has no file its commit did not
+    score; a day with a file that arrived later is scored again, whole (one overwrite)."""
+    committed = table.committed_days(ref.version)
+    recorded = table.scored_files(ref.version)
+    complete = set()
+    for partition in archive.partitions(request.since, request.until):
+        if partition.day not in committed:
+            continue
+        scored = recorded.get(partition.day)
+        late = sorted(
+            file_name(path)
+            for path in partition.files
+            if scored is not None and file_name(path) not in scored
+        )
+        if late:
+            summary.late_files[partition.day] = late
+            log.warning(
+                "%s: %d file(s) arrived after version %s scored the day (%s): scoring the day again",
+                partition_dir(archive.uri, partition.day),
+                len(late),
+                ref.version,
+                ", ".join(late),
+            )
+        else:
+            complete.add(partition.day)
+    return complete
 
 
 def _plan(

@@ -61,6 +61,7 @@ class RescoreSummary:
     on_bad_file: str
     partitions: list[PartitionResult] = field(default_factory=list)  # committed by this run
     already_committed: list[dt.date] = field(default_factory=list)
+    late_files: dict[dt.date, list[str]] = field(default_factory=dict)  # arrived after the day was scored
     skipped_files: list[SkippedFile] = field(default_factory=list)
     misrouted_services: Counter[str] = field(default_factory=Counter)
     misrouted_moves: Counter[str] = field(default_factory=Counter)  # "current → predicted"
@@ -108,6 +109,7 @@ class RescoreSummary:
             "rows_misrouted": self.misrouted,
             "partitions_scored": len(self.partitions),
             "partitions_already_committed": len(self.already_committed),
+            "partitions_rescored_for_late_files": len(self.late_files),
             "files_skipped": len(self.skipped_files),
             "predictions_compared": self.compared,
             "predictions_changed": self.changed,
@@ -158,6 +160,7 @@ class RescoreSummary:
             "rejected": dict(self.rejected),
             "by_date": self.by_date().to_dict("records"),
             "already_committed": [day.isoformat() for day in self.already_committed],
+            "late_files": {day.isoformat(): files for day, files in sorted(self.late_files.items())},
             "skipped_files": [asdict(s) for s in self.skipped_files],
             "top_misrouted_services": self.misrouted_services.most_common(TOP_REPORTED),
             "top_misroutes": self.misrouted_moves.most_common(TOP_REPORTED),

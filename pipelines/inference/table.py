@@ -13,9 +13,11 @@ snapshot summary carries the run id and the day's counts (``oncall.*``). The cat
 compare-and-swap of the metadata pointer is the commit point: a reader sees the whole day or
 none of it, on a local disk and on object storage alike; data files of a run killed before its
 commit are in no snapshot, so no reader sees them. A day is committed for a version when the
-table holds rows of it (scored or rejected); deleting a day's rows
+table holds rows of it (scored or rejected) and every file now in the day's partition is among
+the files its commit recorded (``oncall.files``): a file that arrives in a day already scored
+makes the next run score the whole day again. Deleting a day's rows
 (``table.delete("model_version == '3' AND date == '2026-10-01'")``) makes the next run score it
-again.
+again too.
 
 Concurrency. pyiceberg retries a commit that lost a race to another one (4 times, backing off)
 after re-validating it on the new snapshot: a commit of another day goes through, while a commit
@@ -27,6 +29,7 @@ other run's copy stays, so no row is lost or doubled.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import warnings
 from collections.abc import Iterable
@@ -150,6 +153,20 @@ class ScoredTable:
     def committed_days(self, version: str) -> set[dt.date]:
         """Days that hold rows of ``version`` (read from the manifests, not the data)."""
         return {day for v, day in self._partitions(_equal(VERSION_COLUMN, version)) if v == version}
+
+    def scored_files(self, version: str) -> dict[dt.date, frozenset[str]]:
+        """The archive files (names within the day's partition) each committed day of
+        ``version`` was scored from, as its last commit recorded them (``oncall.files``). A day
+        committed before files were recorded, or whose snapshot has expired, is absent."""
+        recorded: dict[dt.date, frozenset[str]] = {}
+        for snapshot in sorted(self.load().snapshots(), key=lambda s: s.sequence_number or 0):
+            summary = snapshot.summary
+            if summary is None or summary.get(f"{SNAPSHOT_PREFIX}model_version") != version:
+                continue
+            files, day = summary.get(f"{SNAPSHOT_PREFIX}files"), summary.get(f"{SNAPSHOT_PREFIX}date")
+            if files is not None and day is not None:
+                recorded[dt.date.fromisoformat(day)] = frozenset(json.loads(files))
+        return recorded
 
     def versions_of(self, day: dt.date) -> set[str]:
         """Versions that hold rows of ``day``."""

@@ -161,6 +161,7 @@ def _gate_and_promote(
 ) -> Decision:
     # Versions
     registry = Registry(config)
+    registry.finish_interrupted_promotion()
     candidate = registry.get(version=version) if version else registry.get(alias=CHALLENGER)
     champion = registry.alias_or_none(CHAMPION)
     if champion is not None and champion.version == candidate.version:
@@ -243,4 +244,6 @@ def rollback(config: OncallConfig) -> tuple[str, str]:
     """Move ``champion`` back to ``previous``; returns (from version, to version). Under the
     jobs' lock."""
     with jobs_lock(config, "rollback"):
-        return Registry(config).rollback()
+        registry = Registry(config)
+        registry.finish_interrupted_promotion()
+        return registry.rollback()

@@ -127,7 +127,8 @@ class RunRecord:
 
 
 class RunLog:
-    """Writes to one run: params, metrics, tags (batched) and artifacts."""
+    """Writes to one run: params, metrics, tags (batched) and artifacts; a store that fails is a
+    :class:`RegistryError` naming the write."""
 
     def __init__(self, client: MlflowClient, run_id: str) -> None:
         self.client = client
@@ -141,25 +142,33 @@ class RunLog:
 
     def params(self, values: Mapping[str, object], prefix: str = "") -> None:
         flat = flatten_params(prefix, values)
-        self.client.log_batch(self.run_id, params=[Param(k, v) for k, v in flat.items()])
+        with self._calling("logging params"):
+            self.client.log_batch(self.run_id, params=[Param(k, v) for k, v in flat.items()])
 
     def metrics(self, values: Mapping[str, float], step: int = 0) -> None:
         """Numeric values; NaN (an undefined metric, e.g. F1 with no support) is left out."""
         now = int(time.time() * 1000)
         batch = [Metric(k, float(v), now, step) for k, v in values.items() if float(v) == float(v)]
         if batch:
-            self.client.log_batch(self.run_id, metrics=batch)
+            with self._calling("logging metrics"):
+                self.client.log_batch(self.run_id, metrics=batch)
 
     def tags(self, values: Mapping[str, str]) -> None:
         batch = [RunTag(k, str(v)[:MAX_TAG_CHARS]) for k, v in values.items()]
         if batch:
-            self.client.log_batch(self.run_id, tags=batch)
+            with self._calling("logging tags"):
+                self.client.log_batch(self.run_id, tags=batch)
 
     def artifacts(self, local_dir: Path, artifact_path: str | None = None) -> None:
-        self.client.log_artifacts(self.run_id, str(local_dir), artifact_path)
+        with self._calling(f"uploading artifacts {artifact_path or ''}".rstrip()):
+            self.client.log_artifacts(self.run_id, str(local_dir), artifact_path)
 
     def artifact(self, local_file: Path, artifact_path: str | None = None) -> None:
-        self.client.log_artifact(self.run_id, str(local_file), artifact_path)
+        with self._calling(f"uploading artifact {local_file.name}"):
+            self.client.log_artifact(self.run_id, str(local_file), artifact_path)
+
+    def _calling(self, operation: str) -> AbstractContextManager[None]:
+        return registry_errors(self.client.tracking_uri, f"{operation} to run {self.run_id}")
 
 
 class Tracker:
@@ -193,18 +202,26 @@ class Tracker:
     ) -> Iterator[RunLog]:
         """A new run of ``experiment`` (or ``resume_run_id`` reopened), ended by the block."""
         if resume_run_id:
-            self.client.update_run(resume_run_id, status="RUNNING")
+            with self._calling(f"reopening run {resume_run_id}"):
+                self.client.update_run(resume_run_id, status="RUNNING")
             run_id = resume_run_id
         else:
-            run_id = self.client.create_run(
-                self.experiment_id(experiment), run_name=run_name, tags=dict(tags or {})
-            ).info.run_id
+            experiment_id = self.experiment_id(experiment)
+            with self._calling(f"creating a run of experiment '{experiment}'"):
+                run_id = self.client.create_run(
+                    experiment_id, run_name=run_name, tags=dict(tags or {})
+                ).info.run_id
         try:
             yield RunLog(self.client, run_id)
         except BaseException:
-            self.client.set_terminated(run_id, status="FAILED")
+            try:
+                with self._calling(f"marking run {run_id} FAILED"):
+                    self.client.set_terminated(run_id, status="FAILED")
+            except RegistryError as exc:  # the block's own error is the one to report
+                log.warning("%s", exc)
             raise
-        self.client.set_terminated(run_id, status=FINISHED)
+        with self._calling(f"ending run {run_id}"):
+            self.client.set_terminated(run_id, status=FINISHED)
 
     def log_to(self, run_id: str) -> RunLog:
         """A writer for an existing run (evaluate adds its report to a training run)."""

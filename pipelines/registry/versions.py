@@ -49,6 +49,8 @@ VERSION_METRICS = ("test_top1", "test_top3", "test_macro_f1", "test_ece", "test_
 WINDOW_KEYS = ("window.train", "window.validation", "window.test")
 # A tag of the registered model (not of a version): when the nightly last succeeded (ISO 8601).
 NIGHTLY_SUCCESS_TAG = "nightly.last_success"
+# A tag of the registered model while ``crown`` moves the aliases: {"champion": v, "previous": v|null}.
+PENDING_PROMOTION_TAG = "promotion.pending"
 
 
 class MissingVersionError(ModelError):
@@ -246,18 +248,66 @@ class Registry:
 
     def crown(self, version: str, *, dethroned: str | None) -> None:
         """``version`` becomes the champion; the champion it replaces (``dethroned``) stays
-        reachable as ``previous`` for a rollback."""
-        if dethroned is not None and dethroned != version:
-            self.set_alias(PREVIOUS, dethroned)
-        self.set_alias(CHAMPION, version)
+        reachable as ``previous`` for a rollback. The two alias moves are written ahead as a tag
+        of the registered model and the tag is cleared after both: a job that dies between them
+        leaves the move for the next job to finish (:meth:`finish_interrupted_promotion`)."""
+        move = {"champion": version, "previous": dethroned if dethroned != version else None}
+        with self._calling(f"tagging registered model '{self.name}'"):
+            self.client.set_registered_model_tag(self.name, PENDING_PROMOTION_TAG, json.dumps(move))
+        self._move_aliases(move)
         log.info("version %s is now %s", version, CHAMPION)
 
+    def finish_interrupted_promotion(self) -> str | None:
+        """Completes an alias move that a crashed promotion left half done (the gate had decided
+        it); returns the version crowned then, or None when nothing was pending. Call it under
+        the jobs' lock before reading or moving aliases."""
+        model = self._registered_model()
+        pending = model.tags.get(PENDING_PROMOTION_TAG) if model is not None else None
+        if not pending:
+            return None
+        try:
+            move = json.loads(pending)
+            version, previous = str(move["champion"]), move.get("previous")
+        except (ValueError, KeyError, TypeError):
+            raise ModelError(
+                f"tag {PENDING_PROMOTION_TAG} of '{self.name}' is not a pending promotion: {pending[:200]!r}; "
+                "check the aliases by hand and delete the tag"
+            ) from None
+        log.warning(
+            "finishing the promotion of version %s that an interrupted job left half done "
+            "(%s → version %s, %s → version %s)",
+            version,
+            CHAMPION,
+            version,
+            PREVIOUS,
+            previous,
+        )
+        self._move_aliases({"champion": version, "previous": previous})
+        return version
+
+    def _move_aliases(self, move: Mapping[str, str | None]) -> None:
+        """``previous`` first: a crash after it leaves the old champion serving and the move
+        pending (idempotent, so finishing it again is safe)."""
+        if move["previous"] is not None:
+            self.set_alias(PREVIOUS, move["previous"])
+        self.set_alias(CHAMPION, str(move["champion"]))
+        with self._calling(f"deleting tag {PENDING_PROMOTION_TAG} of '{self.name}'"):
+            self.client.delete_registered_model_tag(self.name, PENDING_PROMOTION_TAG)
+
     def rollback(self) -> tuple[str, str]:
-        """``champion`` moves back to ``previous`` (which is then cleared); returns (from, to)."""
+        """``champion`` moves back to ``previous`` (which is then cleared); returns (from, to).
+        A rollback that died after moving ``champion`` is finished: ``previous`` is cleared."""
         previous = self.alias_or_none(PREVIOUS)
         current = self.alias_or_none(CHAMPION)
         if previous is None or current is None:
             raise ModelError(f"nothing to roll back to: '{self.name}' has no '{PREVIOUS}' alias")
+        if previous.version == current.version:
+            with self._calling(f"deleting alias '{PREVIOUS}' of '{self.name}'"):
+                self.client.delete_registered_model_alias(self.name, PREVIOUS)
+            raise ModelError(
+                f"nothing to roll back to: '{PREVIOUS}' was version {current.version}, the champion itself "
+                "(an interrupted rollback); cleared it"
+            )
         self.set_alias(CHAMPION, previous.version)
         with self._calling(f"deleting alias '{PREVIOUS}' of '{self.name}'"):
             self.client.delete_registered_model_alias(self.name, PREVIOUS)
@@ -287,17 +337,21 @@ class Registry:
             return LabelSet.load(Path(path).parent).tenants
 
     def download_run_model(self, run_id: str, dst: Path) -> Path:
-        """The classifier directory of a training run (registered or not), downloaded under ``dst``."""
+        """The classifier directory of a training run (registered or not), downloaded under
+        ``dst``. A missing run or artifact is a :class:`ModelError`; a store that fails, a
+        :class:`RegistryError`."""
         try:
-            root = download_artifacts(
-                run_id=run_id,
-                artifact_path=MODEL_ARTIFACT,
-                dst_path=str(dst),
-                tracking_uri=self.config.tracking_uri,
-            )
-        except Exception as exc:  # MLflow raises several types for a missing run or artifact
+            with self._calling(f"downloading the '{MODEL_ARTIFACT}' artifact of run {run_id}"):
+                root = download_artifacts(
+                    run_id=run_id,
+                    artifact_path=MODEL_ARTIFACT,
+                    dst_path=str(dst),
+                    tracking_uri=self.config.tracking_uri,
+                )
+        except MlflowException as exc:  # only "does not exist" gets through registry_errors
             raise ModelError(
-                f"run {run_id} has no '{MODEL_ARTIFACT}' artifact in {self.config.tracking_uri}: {exc}"
+                f"run {run_id} has no '{MODEL_ARTIFACT}' artifact in {redact(self.config.tracking_uri)}: "
+                f"{exc.message.strip().splitlines()[0] if exc.message.strip() else 'not found'}"
             ) from None
         return classifier_in(Path(root))
 

@@ -93,15 +93,24 @@ def mlflow_server(backend_url: str, artifacts: Path) -> Iterator[str]:
 
 @contextmanager
 def mlflow_store(uri: str) -> Iterator[None]:
-    """MLflow's global tracking and registry URIs pointed at ``uri`` for the block, restored after
-    (for MLflow's own loaders such as ``mlflow.pyfunc.load_model("models:/…")``)."""
+    """MLflow's global tracking and registry URIs pointed at ``uri`` for the block (for MLflow's
+    own loaders such as ``mlflow.pyfunc.load_model("models:/…")``), then exactly as before: the
+    setters also export ``MLFLOW_*_URI`` to the environment, and restoring through them would
+    leave a registry URI behind for later tests and the processes they start."""
     import mlflow
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
 
-    previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    saved_globals = tracking_utils._tracking_uri, registry_utils._registry_uri
+    saved_environment = {name: os.environ.get(name) for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     try:
         yield
     finally:
-        mlflow.set_tracking_uri(previous[0])
-        mlflow.set_registry_uri(previous[1])
+        tracking_utils._tracking_uri, registry_utils._registry_uri = saved_globals
+        for name, value in saved_environment.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

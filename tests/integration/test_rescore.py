@@ -205,6 +205,35 @@ def test_an_interrupted_run_resumes_without_duplicates(
     assert len(files_per_day) == len(DAYS) and (files_per_day >= 2).all()
 
 
+def test_a_file_arriving_in_a_scored_day_gets_that_day_scored_again(
+    trained_run: tuple[OncallConfig, TrainResult], small_archive: tuple[Path, dict], tmp_path: Path
+) -> None:
+    config, _ = trained_run
+    archive, out = tmp_path / "archive", tmp_path / "scored"
+    for day in DAYS[:2]:
+        shutil.copytree(small_archive[0] / f"date={day}", archive / f"date={day}")
+    request = RescoreRequest(archive_uri=str(archive), out_uri=str(out), version="1")
+    first = rescore(config, request)
+    assert sorted(p.day for p in first.partitions) == DAYS[:2]
+    # A late upload into the first day: new tickets, same day.
+    late = archive_rows(small_archive[0], DAYS[2:]).head(7)
+    late = late.assign(
+        ticket_id="late-" + late["ticket_id"], created_at=late["created_at"] - dt.timedelta(days=2)
+    )
+    pq.write_table(
+        pa.Table.from_pandas(late, preserve_index=False), archive / f"date={DAYS[0]}" / "part-late.parquet"
+    )
+
+    second = rescore(config, request)
+
+    assert second.late_files == {DAYS[0]: ["part-late.parquet"]}
+    assert [p.day for p in second.partitions] == [DAYS[0]] and second.already_committed == [DAYS[1]]
+    scored = output_rows(config, out)
+    expected = pd.concat([archive_rows(archive, DAYS[:2]), late])
+    assert scored["ticket_id"].is_unique and set(scored["ticket_id"]) == set(expected["ticket_id"])
+    assert rescore(config, request).partitions == []  # the day's files are now all recorded
+
+
 @pytest.mark.parametrize("days", [3, 1], ids=["three days", "one day"])
 def test_two_runs_racing_on_one_table_leave_every_row_once(
     trained_run: tuple[OncallConfig, TrainResult],
