@@ -215,7 +215,8 @@ def _as_tickets(rows: pd.DataFrame) -> list[dict[str, Any]]:
 def _client(config: OncallConfig, url: str) -> Any:
     from serve.client import RouterClient
 
-    return RouterClient(url, token=config.serve.auth_tokens[0] if config.serve.auth_tokens else None)
+    tokens = config.serve.tokens()  # auth_tokens, then auth_tokens_file
+    return RouterClient(url, token=tokens[0] if tokens else None)
 
 
 def _wait_for_version(client: Any, version: str) -> None:
