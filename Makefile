@@ -62,6 +62,7 @@ format: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.serve --base tiny
 	$(BIN)/python -m benchmarks.serve --base compute-bound
+	$(BIN)/python -m benchmarks.cpu_runtime
 	$(BIN)/python -m benchmarks.rescore
 	$(BIN)/python -m benchmarks.train
 	if $(BIN)/python -c "import torch; assert torch.cuda.is_available()" 2>/dev/null; \

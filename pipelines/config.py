@@ -162,11 +162,38 @@ class TrainConfig(_Section):
         default=1, ge=0, description="Worker failures a fit survives (it resumes from the last checkpoint)."
     )
     seed: int = Field(default=0, description="Seed of the new weights, the shuffling and the replay sample.")
+    new_tenant_init: Literal["mean", "random"] = Field(
+        default="mean",
+        description="Head rows of tenants new to a warm start: mean (the centred mean representation of "
+        "their training tickets, scaled like the known rows) or random (benchmarks/RESULTS.md compares).",
+    )
 
 
 class EvaluateConfig(_Section):
     target_accuracy: float = Field(
-        default=0.95, gt=0, le=1, description="Accuracy the abstain threshold must reach on routed tickets."
+        default=0.95,
+        gt=0,
+        le=1,
+        description="Accuracy the abstain threshold must reach on routed tickets (fit on the validation "
+        "days, measured on the test days).",
+    )
+    min_threshold_tickets: int = Field(
+        default=200,
+        ge=1,
+        description="Fewer validation tickets than this: no temperature is fit and the abstain threshold "
+        "is fallback_abstain_threshold (logged, and flagged as the metric threshold_fallback).",
+    )
+    fallback_abstain_threshold: float = Field(
+        default=0.9,
+        ge=0,
+        le=1,
+        description="The conservative abstain threshold of a classifier with too few validation tickets.",
+    )
+    baseline_max_train_rows: int = Field(
+        default=20_000,
+        ge=2,
+        description="Training tickets the classic baseline (TF-IDF + linear SVM) learns from at most: a "
+        "deterministic sample of the training days beyond it.",
     )
     top_k: int = Field(
         default=3, ge=1, description="k of the top-k accuracy; ranked tenants in rescored rows."
@@ -192,6 +219,12 @@ class PromotionConfig(_Section):
     min_support: int = Field(default=20, ge=1, description="Tenants with fewer test tickets are not judged.")
     first_version_margin: float = Field(
         default=0.20, ge=0, le=1, description="A first version must beat the majority baseline by this."
+    )
+    first_version_baseline: Literal["majority", "classic"] = Field(
+        default="majority",
+        description="What a first version must beat. majority: the majority baseline by "
+        "first_version_margin. classic: that, and also reach the top-1 of the classic baseline "
+        "(TF-IDF + linear SVM trained on its training days) on the same gate tickets.",
     )
     golden_set: str | None = Field(
         default=None,
@@ -228,6 +261,20 @@ def read_token_file(path: Path) -> list[str]:
         except ValueError as exc:
             raise ConfigError(f"serve.auth_tokens_file: {path}: {exc}") from None
     return tokens
+
+
+class InferenceConfig(_Section):
+    """How the scoring paths (Serve model replicas, rescore actors) run a classifier. Training
+    and evaluation always score with fp32 eager on a CPU, the reference the int8 answers are
+    checked against."""
+
+    cpu_runtime: Literal["auto", "eager", "int8"] = Field(
+        default="auto",
+        description="On a CPU: eager (fp32 PyTorch), int8 (dynamic int8 quantization of the merged "
+        "model's linear layers, each ticket scored alone; test top-1 within 0.5 point of eager) or "
+        "auto (int8 for a base of hidden size >= 512, where it is faster; eager below). See "
+        "benchmarks/RESULTS.md. A GPU runs bf16.",
+    )
 
 
 class ServeConfig(_Section):
@@ -283,7 +330,10 @@ class ServeConfig(_Section):
         description="Requests waiting for a replica, per caller, before new ones get 503 with Retry-After.",
     )
     request_timeout_s: float = Field(
-        default=30.0, gt=0, description="A request not answered by then gets 504 (503 from the proxy)."
+        default=30.0,
+        gt=0,
+        description="A model call not answered by then gets 504 from the ingress (Serve's own proxy "
+        "timeout is set 5 s after the longer of this and feedback_timeout_s).",
     )
     feedback_timeout_s: float = Field(
         default=5.0, gt=0, description="Longest wait for the feedback database (503 after it)."
@@ -358,6 +408,13 @@ class NightlyConfig(_Section):
     cron: str = Field(default="0 2 * * *", description="When `schedule` runs the nightly (cron, UTC).")
     replay_size: int = Field(default=20000, ge=0, description="Older tickets replayed next to the new days.")
     rescore_days: int = Field(default=7, ge=0, description="Newest days rescored by the champion (0: none).")
+    quality_drop_margin: float = Field(
+        default=0.05,
+        ge=0,
+        le=1,
+        description="The nightly flags the champion's quality on its rescored days when, since the last "
+        "nightly, the abstain rate rose or the mean confidence or a measured accuracy fell by more than this.",
+    )
 
 
 class FeedbackConfig(_Section):
@@ -374,6 +431,29 @@ class FeedbackConfig(_Section):
         ge=1,
         description="hold: a new tenant is confirmed once this many distinct tickets carry it, or two "
         "distinct sources named it.",
+    )
+
+
+class RetentionConfig(_Section):
+    """What `oncall-router retention` (and the nightly's last step) removes. Never the data of a
+    version holding alias champion, previous or challenger (or serve.alias), nor of a run or a
+    process that may still be running."""
+
+    checkpoint_runs_kept: int = Field(
+        default=2,
+        ge=0,
+        description="Ray Train checkpoint directories (<ray.storage_path>/train-<run id>) of this many "
+        "newest training runs are kept besides those of aliased versions and runs in progress.",
+    )
+    max_age_days: int = Field(
+        default=7,
+        ge=1,
+        description="Scratch data untouched this long is removed: the logs of ended local Rays "
+        "(<data_dir>/ray/sessions), oncall-* temp directories left by killed processes, and the "
+        "checkpoints of training runs abandoned while RUNNING in MLflow.",
+    )
+    after_nightly: bool = Field(
+        default=True, description="The nightly runs retention as its last step (a failure is reported)."
     )
 
 
@@ -464,11 +544,18 @@ class OncallConfig(_Section):
     promotion: PromotionConfig = Field(
         default_factory=PromotionConfig, description="The gate that moves alias `champion` to a challenger."
     )
+    inference: InferenceConfig = Field(
+        default_factory=InferenceConfig, description="How Serve replicas and rescore actors run the model."
+    )
     serve: ServeConfig = Field(default_factory=ServeConfig, description="The Ray Serve routing endpoint.")
     rescore: RescoreConfig = Field(default_factory=RescoreConfig, description="Bulk scoring of archives.")
     nightly: NightlyConfig = Field(default_factory=NightlyConfig, description="The online-learning loop.")
     feedback: FeedbackConfig = Field(
         default_factory=FeedbackConfig, description="Which routing feedback the nightly trains on."
+    )
+    retention: RetentionConfig = Field(
+        default_factory=RetentionConfig,
+        description="Cleanup of old checkpoints and scratch data, never the aliased versions'.",
     )
     storage: StorageConfig = Field(
         default_factory=StorageConfig, description="Object storage behind s3:// URIs."

@@ -3,8 +3,11 @@
 A job request carries ``faults: Faults`` (empty by default: production never sets it). Each job
 calls :meth:`Faults.check` at its points; a planned fault fires once:
 
-- ``nightly.after.<step>`` (``ingest``, ``train``, ``register``, ``gate``, ``rescore``): the
-  nightly raises :class:`InjectedFaultError` right after that step, as a crash between steps would.
+- ``nightly.after.<step>`` (``ingest``, ``train``, ``register``, ``gate``, ``rescore``,
+  ``retention``): the nightly raises :class:`InjectedFaultError` right after that step, as a crash
+  between steps would.
+- ``serve.model.stall``: unlike the others it fires on every call: each scoring call of a model
+  replica waits ``serve.request_timeout_s`` + 1 s (the tests of the 504 and the bounded queue).
 - ``train.worker_exit``: the last Ray Train worker kills its own process (``os._exit``) at global
   step ``at_step``, as a lost node would; ``marker`` (a file) records that it fired, so the
   restarted worker group trains on. Fired by :func:`pipelines.training.loop.train_loop`.

@@ -69,8 +69,16 @@ class QuietLibraries(logging.Filter):
     """Drops other libraries' records below WARNING (our INFO lines are the stages)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        own = record.name.split(".")[0] in OWN_LOGGERS
-        return own or record.levelno >= logging.WARNING
+        top = record.name.split(".")[0]
+        if top in OWN_LOGGERS:
+            return True
+        if top == "ray":
+            # A failed Ray Data read prints its whole traceback and asks to file a Ray bug, while
+            # the job names the file in one line; Ray's session logs keep all of it.
+            if getattr(record, "hide", False) or record.name == "ray.data.exceptions":
+                return False
+            record.exc_info, record.exc_text = None, None
+        return record.levelno >= logging.WARNING
 
 
 class OneLineWarnings(logging.Filter):

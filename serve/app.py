@@ -15,10 +15,12 @@ from typing import Any
 
 from ray import serve
 from ray.serve import Application
+from ray.serve.config import BackpressureConfig
 
 from pipelines.config import OncallConfig, ServeConfig, load_config
 from pipelines.errors import ConfigError
-from serve.ingress import RouterIngress
+from pipelines.faults import Faults
+from serve.ingress import BUSY_RETRY_AFTER_S, RouterIngress
 from serve.router_model import ReplicaSettings, TicketRouterModel
 
 log = logging.getLogger(__name__)
@@ -27,9 +29,16 @@ APP_NAME = "oncall-router"
 MODEL_DEPLOYMENT = "TicketRouterModel"  # names that serve_config.yaml's overrides refer to
 INGRESS_DEPLOYMENT = "RouterIngress"
 INGRESS_CPUS = 0.25  # parses JSON and awaits the model: a fraction of a core is plenty
+# Serve's own HTTP timeout is a backstop this much later than the ingress's own waits, so that a
+# slow model is the ingress's declared 504 (a slow feedback database its 503), not Serve's 408.
+SERVE_TIMEOUT_MARGIN_S = 5.0
+# A request Serve itself turns away (a replica's queue is full) is a 503 with Retry-After too, like
+# the ingress's own answer when the model replicas' queue is full.
+BACKPRESSURE = BackpressureConfig(status_code=503, retry_after_s=BUSY_RETRY_AFTER_S)
 
 
-def build_application(config: OncallConfig) -> Application:
+def build_application(config: OncallConfig, faults: Faults | None = None) -> Application:
+    """``faults``: a test's plan for the model replicas (``serve.model.stall``); never in production."""
     settings = config.serve
     check_exposure(settings)
     # Enough requests in flight per replica to fill a batch while the previous one runs.
@@ -42,6 +51,7 @@ def build_application(config: OncallConfig) -> Application:
         },
         max_ongoing_requests=model_ongoing,
         max_queued_requests=settings.max_queued_requests,
+        backpressure_config=BACKPRESSURE,
         ray_actor_options={"num_cpus": settings.replica_cpus, "num_gpus": settings.replica_gpus},
         logging_config=config.logging.serve_logging(),
         user_config=ReplicaSettings.of(settings).model_dump(),
@@ -54,10 +64,11 @@ def build_application(config: OncallConfig) -> Application:
         },
         max_ongoing_requests=4 * model_ongoing,
         max_queued_requests=settings.max_queued_requests,
+        backpressure_config=BACKPRESSURE,
         ray_actor_options={"num_cpus": INGRESS_CPUS},
         logging_config=config.logging.serve_logging(),
     )
-    return ingress.bind(model.bind(config), config)
+    return ingress.bind(model.bind(config, faults), config)
 
 
 def build_app(args: dict[str, Any]) -> Application:
@@ -71,17 +82,20 @@ def build_app(args: dict[str, Any]) -> Application:
     return build_application(load_config(*files, overrides=overrides))
 
 
-def deploy(config: OncallConfig) -> str:
+def deploy(config: OncallConfig, faults: Faults | None = None) -> str:
     """Start Serve on the running Ray, deploy, and return the base URL once replicas are up
     (they are ready as soon as the alias has a version; until then /readyz answers 503)."""
     host, port = config.serve.host, config.serve.port
     check_port_free(host, port)
-    serve.start(
-        http_options={"host": host, "port": port, "request_timeout_s": config.serve.request_timeout_s}
-    )
-    serve.run(build_application(config), name=APP_NAME, route_prefix="/")
+    serve.start(http_options={"host": host, "port": port, "request_timeout_s": serve_timeout_s(config.serve)})
+    serve.run(build_application(config, faults), name=APP_NAME, route_prefix="/")
     shown_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     return f"http://{shown_host}:{port}"
+
+
+def serve_timeout_s(settings: ServeConfig) -> float:
+    """Serve's HTTP timeout (its answer is a bare 408): later than every wait of the ingress."""
+    return max(settings.request_timeout_s, settings.feedback_timeout_s) + SERVE_TIMEOUT_MARGIN_S
 
 
 def check_exposure(settings: ServeConfig) -> None:

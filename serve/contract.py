@@ -4,46 +4,63 @@ Ticket fields mirror the archive's ticket columns. Text is repaired by the ``Tex
 (lone surrogates, control characters) and over-long text is truncated like everywhere else; a
 client error (422 naming the field) is a missing title or one with no text once repaired, a wrong
 type, a field over its cap, or an identifier with characters no database or JSON answer takes.
+
+Every rule is a JSON Schema keyword (``maxLength``, ``pattern``, ``not``) enforced as published,
+so the OpenAPI document says exactly which bodies are accepted: a client (or a schema-driven
+test) that follows it never gets a 422 for a value the document allows.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
-from pipelines.contract.text import is_clean, repair_text
 from pipelines.data.feedback import MAX_SOURCE_CHARS, MAX_TENANT_CHARS, MAX_TICKET_ID_CHARS
 
 MAX_DESCRIPTION_CHARS = 65_536  # far above what the model reads (data.max_description_chars)
 MAX_FIELD_CHARS = 4_096
 MAX_TICKETS_SCHEMA = 100_000  # a backstop; serve.max_tickets_per_request (413) is the real cap
 
+# Character classes, as \u escapes that ECMA-262 (the document's readers), Rust (pydantic's
+# validator) and Python regexes read alike. CONTROL: C0 and C1 controls and DEL (``repair_text``
+# drops them); SPACE: the other characters ``str.strip`` and ``repair_text`` treat as whitespace.
+# The patterns are unanchored searches on purpose: ``$`` differs between engines (Python's also
+# matches before a final newline).
+CONTROL = r"\u0000-\u001f\u007f-\u009f"
+SPACE = r"\u0020\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+HAS_TEXT = f"[^{CONTROL}{SPACE}]"  # some text once repaired: neither a control nor whitespace
+A_CONTROL = f"[{CONTROL}]"
+_A_CONTROL = re.compile(A_CONTROL)
 
-def _has_text(value: str) -> str:
-    if not repair_text(value):
-        raise ValueError("has no text (only whitespace or control characters)")
+
+def _no_control(value: str) -> str:
+    if _A_CONTROL.search(value):
+        raise ValueError("has a control character")
     return value
 
 
-def _printable(value: str) -> str:
-    """Identifiers are stored and echoed: a lone surrogate or a control character is refused."""
-    if not is_clean(value) or any(ch in value for ch in "\t\r\n"):
-        raise ValueError("has a control character or a lone UTF-16 surrogate")
-    return value
-
-
+# Identifiers are stored and echoed: no control character (published as ``not: {pattern}``) and
+# some text; checked as sent (so the published maxLength is the real cap), then stripped.
+_NO_CONTROL = (AfterValidator(_no_control), Field(json_schema_extra={"not": {"pattern": A_CONTROL}}))
 ShortText = Annotated[str, StringConstraints(max_length=MAX_FIELD_CHARS)]
 Title = Annotated[
-    str,
-    StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_FIELD_CHARS),
-    AfterValidator(_has_text),
+    str, StringConstraints(max_length=MAX_FIELD_CHARS, pattern=HAS_TEXT), AfterValidator(str.strip)
 ]
 TicketId = Annotated[
     str,
-    StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_TICKET_ID_CHARS),
-    AfterValidator(_printable),
+    StringConstraints(max_length=MAX_TICKET_ID_CHARS, pattern=HAS_TEXT),
+    *_NO_CONTROL,
+    AfterValidator(str.strip),
 ]
+Tenant = Annotated[
+    str,
+    StringConstraints(max_length=MAX_TENANT_CHARS, pattern=HAS_TEXT),
+    *_NO_CONTROL,
+    AfterValidator(str.strip),
+]
+Source = Annotated[str, StringConstraints(max_length=MAX_SOURCE_CHARS), *_NO_CONTROL]
 
 
 class TicketIn(BaseModel):
@@ -104,14 +121,8 @@ class BatchResult(BaseModel):
 
 class FeedbackIn(BaseModel):
     ticket_id: TicketId
-    tenant: Annotated[
-        str,
-        StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_TENANT_CHARS),
-        AfterValidator(_printable),
-    ]
-    source: (
-        Annotated[str, StringConstraints(max_length=MAX_SOURCE_CHARS), AfterValidator(_printable)] | None
-    ) = None
+    tenant: Tenant
+    source: Source | None = None
 
 
 class FeedbackAck(BaseModel):
@@ -136,3 +147,15 @@ class ModelInfo(BaseModel):
 
 class Problem(BaseModel):
     detail: str
+
+
+class FieldProblem(BaseModel):
+    loc: list[str | int] = Field(description='Where the problem is, e.g. ["body", "tickets", 3, "title"].')
+    msg: str
+    type: str
+
+
+class ValidationProblem(BaseModel):
+    """A 422: each field that breaks the contract, named without echoing its value."""
+
+    detail: list[FieldProblem]

@@ -30,6 +30,7 @@ from serve.contract import (
     Problem,
     RouteResult,
     TicketIn,
+    ValidationProblem,
 )
 from serve.gate import Gate, GateSettings, configure
 from serve.metrics import count_requests
@@ -59,11 +60,32 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": Problem, "description": "Missing bearer token (auth is on); checked before the body."},
     403: {"model": Problem, "description": "Unknown bearer token."},
     413: {"model": Problem, "description": "Body over serve.max_body_bytes (or too many tickets)."},
-    422: {"description": "A field breaks the contract; `detail[].loc` names it."},
+    422: {"model": ValidationProblem, "description": "A field breaks the contract; `detail[].loc` names it."},
     503: {"model": Problem, "description": "No model version loaded yet, or too many requests queued."},
     504: {"model": Problem, "description": "Not answered within serve.request_timeout_s."},
 }
 
+_max_tickets: int | None = None  # serve.max_tickets_per_request, set by the ingress replica
+
+
+def publish_batch_limit(max_tickets: int) -> None:
+    global _max_tickets
+    _max_tickets = max_tickets
+
+
+def _openapi() -> dict[str, Any]:
+    """The OpenAPI document, stating serve.max_tickets_per_request as a batch's ``maxItems``: a
+    batch the document allows is never refused for its length (more tickets: 413).
+
+    Set as ``app.openapi`` before ``serve.ingress`` freezes a copy of the app: the copy calls
+    this module's function, whose state the replica's constructor sets (as for ``serve.gate``)."""
+    document = FastAPI.openapi(app)
+    if _max_tickets is not None:
+        document["components"]["schemas"]["BatchIn"]["properties"]["tickets"]["maxItems"] = _max_tickets
+    return document
+
+
+app.openapi = _openapi  # type: ignore[method-assign]
 app.add_middleware(Gate)  # inside the metrics middleware below, so its 401/413s are counted
 app.middleware("http")(count_requests(ROUTES))
 
@@ -76,6 +98,19 @@ async def _invalid_request(request: Request, exc: RequestValidationError) -> JSO
         {"loc": list(e["loc"]), "msg": repair_text(str(e["msg"])), "type": e["type"]} for e in exc.errors()
     ]
     return JSONResponse({"detail": errors}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
+
+
+def _unknown_tenant() -> HTTPException:
+    return HTTPException(
+        status.HTTP_422_UNPROCESSABLE_CONTENT,
+        [
+            {
+                "loc": ["body", "tenant"],
+                "msg": "not a tenant of the serving model (feedback.new_tenants: reject)",
+                "type": "unknown_tenant",
+            }
+        ],
+    )
 
 
 def _new_ticket_id() -> str:
@@ -108,8 +143,10 @@ class RouterIngress:
     def __init__(self, model: DeploymentHandle, config: OncallConfig) -> None:
         settings = config.serve
         configure(GateSettings.of(settings.tokens(), settings.max_body_bytes))
+        publish_batch_limit(settings.max_tickets_per_request)
         self._model = model
         self._max_tickets = settings.max_tickets_per_request
+        self._reject_new_tenants = config.feedback.new_tenants == "reject"
         self._timeout_s = settings.request_timeout_s
         self._feedback_timeout_s = settings.feedback_timeout_s
         self._feedback_url = config.feedback_db_url
@@ -144,6 +181,13 @@ class RouterIngress:
 
     @app.post("/v1/feedback", response_model=FeedbackAck, responses=ERRORS, dependencies=PROTECTED)
     async def feedback(self, answer: FeedbackIn, request: Request) -> dict[str, Any]:
+        """Store a ticket's owner. With ``feedback.new_tenants: reject`` a tenant the serving model
+        does not know is a 422 here, where the sender can still correct it (the nightly would never
+        train on it); with hold or accept the nightly decides."""
+        if self._reject_new_tenants and not await self._score(
+            lambda: self._model.knows.remote(answer.tenant)
+        ):
+            raise _unknown_tenant()
         store = await self._feedback_store()
         sender = getattr(request.state, "token_id", None)  # set by serve.gate when auth is on
         stored = await self._within(

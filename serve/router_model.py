@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
 from pipelines.config import OncallConfig, ServeConfig
+from pipelines.faults import Faults
 from pipelines.predict import Prediction, TicketClassifier
 from pipelines.registry.versions import Registry, VersionRef
 from serve.metrics import model_metrics
@@ -29,6 +30,10 @@ log = logging.getLogger(__name__)
 
 UNSCORABLE = "the model could not score this ticket"
 LOAD_BACKOFF_MAX_S = 300.0  # longest pause before trying a version that failed to load again
+# Fault point (tests only, see pipelines/faults.py): every scoring call stalls past
+# serve.request_timeout_s (by STALL_PAST_TIMEOUT_S) before it scores, as a wedged forward pass would.
+STALL = "serve.model.stall"
+STALL_PAST_TIMEOUT_S = 1.0
 
 
 class ModelNotReadyError(Exception):
@@ -91,8 +96,13 @@ class LoadBackoff:
 
 
 class TicketRouterModel:
-    def __init__(self, config: OncallConfig) -> None:
+    def __init__(self, config: OncallConfig, faults: Faults | None = None) -> None:
         self._config = config
+        self._stall_s = (
+            config.serve.request_timeout_s + STALL_PAST_TIMEOUT_S
+            if faults is not None and faults.planned_at(STALL) is not None
+            else 0.0
+        )
         self._registry = Registry(config)
         self._settings = ReplicaSettings.of(config.serve)
         self._loaded: LoadedVersion | None = None
@@ -130,7 +140,11 @@ class TicketRouterModel:
                 return
             log.info("loading %s version %s (alias '%s')", ref.name, ref.version, alias)
             try:
-                classifier = self._registry.load_classifier(ref, batch_size=self._settings.max_batch_size)
+                classifier = self._registry.load_classifier(
+                    ref,
+                    batch_size=self._settings.max_batch_size,
+                    cpu_runtime=self._config.inference.cpu_runtime,
+                )
             except Exception as exc:
                 self._backoff.failed(ref.version, exc)
                 raise
@@ -170,6 +184,8 @@ class TicketRouterModel:
         """Many tickets in one call (the batch endpoint), answers in input order; a ticket the
         model cannot score gets ``{"error": …}`` and its neighbours their answers."""
         loaded = self._require()
+        if self._stall_s:
+            await asyncio.sleep(self._stall_s)
         # The forward pass runs in a thread so the event loop keeps gathering the next batch.
         predictions = await asyncio.to_thread(self._predict_isolated, loaded.classifier, tickets)
         self._record(loaded, [p for p in predictions if p is not None])
@@ -211,6 +227,10 @@ class TicketRouterModel:
             "loaded_at": loaded.loaded_at.isoformat(),
             "load_error": self._backoff.error,
         }
+
+    def knows(self, tenant: str) -> bool:
+        """Whether ``tenant`` is one of the loaded version's labels."""
+        return tenant in self._require().classifier.labels.tenants
 
     def ready(self) -> bool:
         return self._loaded is not None

@@ -32,6 +32,7 @@ from pipelines.cli.render import (
     print_next_fires,
     print_nightly,
     print_rescore,
+    print_retention,
     print_schedule_state,
     print_serving,
     print_training,
@@ -354,6 +355,26 @@ def rescore_command(
     with jobs_lock(config, "rescore"):
         summary = rescore(config, request)
     _emit(ctx, summary, print_rescore)
+
+
+@app.command("retention")
+def retention_command(
+    ctx: typer.Context,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="List what would be removed and why; remove nothing (no lock).")
+    ] = False,
+) -> None:
+    """Remove old Ray Train checkpoints, ended Ray sessions' logs and abandoned scratch directories
+    by policy (retention.*), never the data of a version holding champion, previous or challenger
+    nor of a run in progress. Exit 1 when a directory could not be removed."""
+    config = _config(ctx)
+
+    from pipelines.jobs.retention import run_retention  # MLflow: only where needed
+
+    result = run_retention(config, dry_run=dry_run)
+    _emit(ctx, result, print_retention)
+    if not result.ok:
+        raise typer.Exit(EXIT_VALIDATION_FAILED)
 
 
 @app.command("schedule")

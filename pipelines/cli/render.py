@@ -27,6 +27,7 @@ if TYPE_CHECKING:  # result types only: their modules import Ray and torch
     from pipelines.evaluation.metrics import Evaluation
     from pipelines.inference.summary import RescoreSummary
     from pipelines.jobs.nightly import NightlySummary
+    from pipelines.jobs.retention import RetentionResult
     from pipelines.registry.promotion import Decision
     from pipelines.training.job import TrainResult
 
@@ -93,7 +94,10 @@ def print_validation(report: ArchiveReport) -> None:
         table.add_row(label, str(value))
     console.print(table)
     for problem in report.problems:
-        console.print(f"schema problem: {problem}", markup=False, style="red")
+        console.print(f"problem: {problem}", markup=False, style="red")
+    for path, reasons in sorted(report.rejected_files.items()):
+        counts = ", ".join(f"{reason} {count}" for reason, count in sorted(reasons.items()))
+        console.print(f"rejected rows: {path}: {counts}", markup=False)
 
 
 def print_evaluation(run_id: str, evaluation: Evaluation, details: dict[str, Any]) -> None:
@@ -103,6 +107,7 @@ def print_evaluation(run_id: str, evaluation: Evaluation, details: dict[str, Any
     table.add_row("rows of tenants the model cannot know", str(details["unseen_tenant_rows"]))
     _add_metric_rows(table, evaluation.metrics)
     console.print(table)
+    _print_quality(evaluation.metrics)
     worst = evaluation.per_tenant[evaluation.per_tenant["support"] >= 5].nsmallest(5, "f1")
     if not worst.empty:
         console.print(
@@ -182,9 +187,48 @@ def print_training(config: OncallConfig, result: TrainResult) -> None:
     )
     _add_metric_rows(table, result.headline)
     console.print(table)
+    _print_quality(result.evaluation.metrics)
     console.print(f"model: {result.model_uri}")
     if result.version:
         console.print(f"registered: models:/{config.registry.model_name}/{result.version} (alias challenger)")
+
+
+def _print_quality(metrics: dict[str, float]) -> None:
+    """What an evaluation's headline numbers rest on, as whole lines: the abstain threshold
+    (where it was fit) against the target, calibration, and the classic baseline next to the
+    model."""
+    if "accuracy_at_threshold" in metrics:
+        fit = _threshold_origin(metrics)
+        gap = metrics["accuracy_at_threshold"] - metrics["target_accuracy"]
+        verdict = "reaches it" if gap >= 0 else f"misses it by {-gap:.3f}"
+        console.print(
+            f"abstain threshold {metrics['abstain_threshold']:.3f} ({fit}): routes "
+            f"{metrics['coverage_at_threshold']:.1%} of these tickets, {metrics['accuracy_at_threshold']:.3f} "
+            f"of them right (target {metrics['target_accuracy']:.3f}: {verdict})",
+            markup=False,
+        )
+    if "ece_uncalibrated" in metrics:
+        console.print(
+            f"calibration: temperature {metrics['temperature']:.3f}, ECE "
+            f"{metrics['ece_uncalibrated']:.4f} before → {metrics['ece']:.4f} after",
+            markup=False,
+        )
+    if "baseline_top1" in metrics:
+        names = [name for name in metrics if name.startswith("top") or name == "macro_f1"]
+        console.print(
+            f"classic baseline (TF-IDF + linear SVM, {metrics['baseline_train_rows']:,.0f} training tickets): "
+            + ", ".join(
+                f"{name} {metrics[f'baseline_{name}']:.3f} (model {metrics[name]:.3f})" for name in names
+            ),
+            markup=False,
+        )
+
+
+def _threshold_origin(metrics: dict[str, float]) -> str:
+    if "threshold_fit_tickets" not in metrics:  # `evaluate`: the threshold the classifier holds
+        return "the classifier's own"
+    tickets = f"{metrics['threshold_fit_tickets']:.0f} validation tickets"
+    return f"fallback: only {tickets}" if metrics.get("threshold_fallback") else f"fit on {tickets}"
 
 
 def _add_metric_rows(table: Table, metrics: dict[str, float]) -> None:
@@ -202,6 +246,8 @@ def print_rescore(summary: RescoreSummary) -> None:
     table.add_row("MLflow run", f"{summary.run_id} (experiment rescore)")
     table.add_row("days scored", str(len(summary.partitions)))
     table.add_row("days already committed (skipped)", str(len(summary.already_committed)))
+    if summary.late_files:
+        table.add_row("days scored again (files arrived late)", str(len(summary.late_files)))
     table.add_row("rows read", f"{summary.rows_read:,}")
     table.add_row("rows scored", f"{summary.rows_scored:,}")
     for reason, count in sorted(summary.rejected.items()):
@@ -229,6 +275,30 @@ def print_rescore(summary: RescoreSummary) -> None:
         console.print(f"top misrouted service: {service} ({count})", markup=False)
     for move, count in summary.misrouted_moves.most_common(5):
         console.print(f"top misroute: {move} ({count})", markup=False)
+
+
+def print_retention(result: RetentionResult) -> None:
+    """Totals as a table; every directory as a whole line: removed (or would be) or kept, and why."""
+    from pipelines.jobs.retention import size_text
+
+    removing = [v for v in result.plan if v.remove]
+    table = Table(title="retention (dry run)" if result.dry_run else "retention", show_header=False)
+    if result.dry_run:
+        table.add_row("directories to remove", str(len(removing)))
+        table.add_row("bytes to free", size_text(result.bytes_planned))
+    else:
+        table.add_row("directories removed", str(len(result.removed)))
+        table.add_row("bytes freed", size_text(result.bytes_freed))
+        table.add_row("could not remove", str(len(result.failed)))
+    table.add_row("directories kept", str(len(result.plan) - len(removing)))
+    console.print(table)
+    done = "would remove" if result.dry_run else "removed"
+    for verdict in result.plan:
+        line = f"{verdict.kind} {verdict.uri} ({size_text(verdict.bytes)}): {verdict.reason}"
+        if verdict.uri in result.failed:
+            console.print(f"could not remove {line}: {result.failed[verdict.uri]}", markup=False, style="red")
+        else:
+            console.print(f"{done if verdict.remove else 'kept'} {line}", markup=False)
 
 
 def print_nightly(summary: NightlySummary) -> None:

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pandas as pd
@@ -11,6 +13,7 @@ import pyarrow as pa
 from pipelines.contract.columns import (
     LABEL_COLUMN,
     OPTIONAL_TEXT_COLUMNS,
+    PATH_COLUMN,
     REJECT_DUPLICATE_TICKET_ID,
     REJECT_EMPTY_TITLE,
     REJECT_NULL_CREATED_AT,
@@ -19,6 +22,8 @@ from pipelines.contract.columns import (
     REQUIRED_COLUMNS,
 )
 from pipelines.errors import ArchiveError
+
+log = logging.getLogger(__name__)
 
 TIMESTAMP_TYPE = pa.timestamp("us", tz="UTC")
 
@@ -99,8 +104,15 @@ def conform_table(table: pa.Table, source: str) -> pa.Table:
     problems = check_arrow_schema(table.schema, source)
     if problems:
         raise ArchiveError("; ".join(str(p) for p in problems))
+    return conform_columns(table, TICKET_READ_SCHEMA.names)
+
+
+def conform_columns(table: pa.Table, names: Sequence[str]) -> pa.Table:
+    """``names`` of a table whose schema passed :func:`check_arrow_schema`, cast to their
+    contract types (a column the table lacks becomes nulls), in that order."""
+    fields = [TICKET_READ_SCHEMA.field(name) for name in names]
     columns = []
-    for field in TICKET_SCHEMA:
+    for field in fields:
         if field.name not in table.column_names:
             columns.append(pa.nulls(table.num_rows, field.type))
             continue
@@ -112,14 +124,47 @@ def conform_table(table: pa.Table, source: str) -> pa.Table:
         if pa.types.is_dictionary(column.type):
             column = column.cast(column.type.value_type)
         columns.append(column.cast(field.type))
-    return pa.Table.from_arrays(columns, schema=TICKET_READ_SCHEMA)
+    return pa.Table.from_arrays(columns, schema=pa.schema(fields))
+
+
+def repair_utf8(frame: pd.DataFrame) -> pd.DataFrame:
+    """The frame with each byte sequence of its string columns that is not UTF-8 replaced by
+    U+FFFD, as :func:`~pipelines.contract.text.repair_text` does for lone surrogates. Parquet
+    strings must be UTF-8 but a writer that does not check can store anything, and pandas fails
+    on the first operation over such a column. A warning names the column (and the files, when
+    the frame has a ``path`` column)."""
+    repaired = {}
+    for name in frame.columns:
+        column = frame[name]
+        if getattr(column.dtype, "storage", None) != "pyarrow":
+            continue
+        strings = column.array.__arrow_array__()
+        try:
+            strings.validate(full=True)
+        except pa.ArrowInvalid:
+            values = [
+                None if v is None else v.decode("utf-8", "replace")
+                for v in strings.cast(pa.binary()).to_pylist()
+            ]
+            repaired[name] = pd.Series(values, index=frame.index, dtype=column.dtype)
+    if not repaired:
+        return frame
+    files = sorted(set(frame[PATH_COLUMN])) if PATH_COLUMN in frame.columns else []
+    log.warning(
+        "%scolumn(s) %s hold bytes that are not UTF-8: replaced by U+FFFD",
+        f"{', '.join(files)}: " if files else "",
+        ", ".join(f"'{name}'" for name in repaired),
+    )
+    return frame.assign(**repaired)
 
 
 def split_valid_rows(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Split a conformed batch into (valid rows, rejected rows with a ``reject_reason``).
+    """Split a conformed batch into (valid rows, rejected rows with a ``reject_reason``); text
+    that is not UTF-8 is repaired first (:func:`repair_utf8`).
 
     Uniqueness of ``ticket_id`` is checked within the batch: the first occurrence is kept.
     """
+    frame = repair_utf8(frame)
     reason = pd.Series(pd.NA, index=frame.index, dtype="string")
     ticket_id = frame["ticket_id"]
     title = frame["title"].astype("string").str.strip()

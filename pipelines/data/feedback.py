@@ -28,7 +28,6 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.engine import Engine
@@ -247,7 +246,7 @@ def changed_labels(archive: Archive, until: dt.date, labels: dict[str, str]) -> 
     changed = 0
     for partition in archive.partitions(until=until):
         for path in partition.files:
-            table = pq.read_table(path, columns=["ticket_id", LABEL_COLUMN], filesystem=archive.filesystem)
+            table = archive.read_columns(path, ["ticket_id", LABEL_COLUMN])  # names a broken file
             table = table.filter(pc.is_in(table["ticket_id"], value_set=tickets))
             pairs = zip(table["ticket_id"].to_pylist(), table[LABEL_COLUMN].to_pylist(), strict=True)
             changed += sum(labels[ticket] != tenant for ticket, tenant in pairs)

@@ -11,11 +11,14 @@ import datetime as dt
 import logging
 import re
 from collections import Counter
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import pandas as pd
+import pyarrow as pa
 import ray.data
+import ray.exceptions
 
 from pipelines.contract.archive import PARTITION_KEY, Archive
 from pipelines.contract.columns import (
@@ -25,7 +28,7 @@ from pipelines.contract.columns import (
     REJECT_REASON_COLUMN,
     TEXT_COLUMN,
 )
-from pipelines.contract.rows import TICKET_READ_SCHEMA, split_valid_rows
+from pipelines.contract.rows import TICKET_READ_SCHEMA, SchemaProblem, split_valid_rows
 from pipelines.contract.storage import ObjectStore
 from pipelines.contract.text import TextBuilder
 from pipelines.errors import ArchiveError
@@ -95,7 +98,7 @@ def read_window(
     archive = Archive(archive_uri, store)
     partitions, problems = archive.check(since, until)
     if problems:
-        raise ArchiveError("the archive breaks the ticket contract:\n  " + "\n  ".join(map(str, problems)))
+        raise contract_error(problems)
     if not partitions:
         window = f"between {since or 'the start'} and {until or 'the end'}"
         raise ArchiveError(f"archive {archive_uri} has no partitions {window}")
@@ -107,6 +110,32 @@ def read_window(
     return dataset.map_batches(
         PrepareTickets, fn_constructor_kwargs={"builder": builder}, batch_format="pandas"
     )
+
+
+def contract_error(problems: list[SchemaProblem]) -> ArchiveError:
+    """Training refuses a window that breaks the ticket contract: every problem, one per line."""
+    return ArchiveError("the archive breaks the ticket contract:\n  " + "\n  ".join(map(str, problems)))
+
+
+@contextmanager
+def unreadable_files_named(
+    archive_uri: str, since: dt.date | None, until: dt.date | None, store: ObjectStore | None = None
+) -> Iterator[None]:
+    """Run the reads of a window (``materialize``, ``to_pandas``) inside: a file that fails
+    past its footer (Ray keeps the pyarrow error's type) becomes an :class:`ArchiveError`
+    naming it, instead of Ray's traceback."""
+    try:
+        yield
+    except ray.exceptions.RayTaskError as exc:
+        if not isinstance(exc, OSError | pa.ArrowException):
+            raise
+        archive = Archive(archive_uri, store)
+        problems = archive.unreadable(
+            exc, [path for p in archive.partitions(since, until) for path in p.files]
+        )
+        if not problems:
+            raise
+        raise contract_error(problems) from None
 
 
 class PrepareTickets:
@@ -158,9 +187,10 @@ def replay_sample(
     until = before - dt.timedelta(days=1)
     if rows <= 0 or not Archive(archive_uri, store).partitions(until=until):
         return None
-    labelled = valid_labelled(
-        with_label_overrides(read_window(archive_uri, builder, None, until, store), overrides)
-    ).materialize()
+    with unreadable_files_named(archive_uri, None, until, store):
+        labelled = valid_labelled(
+            with_label_overrides(read_window(archive_uri, builder, None, until, store), overrides)
+        ).materialize()
     available = labelled.count()
     if available == 0:
         return None
@@ -245,4 +275,5 @@ def labelled_rows(
 ) -> pd.DataFrame:
     """Valid, labelled tickets of a window as model text, on the driver (keep windows small).
     ``builder`` must be the classifier's own, so the text matches what it was trained on."""
-    return valid_labelled(read_window(archive_uri, builder, since, until, store)).to_pandas()
+    with unreadable_files_named(archive_uri, since, until, store):
+        return valid_labelled(read_window(archive_uri, builder, since, until, store)).to_pandas()

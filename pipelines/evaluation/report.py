@@ -45,14 +45,27 @@ def _plot_confusion(evaluation: Evaluation) -> Figure:
 def _plot_reliability(evaluation: Evaluation) -> Figure:
     from matplotlib import pyplot as plt
 
+    metrics = evaluation.metrics
     figure, axis = plt.subplots(figsize=(6, 6))
     axis.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfect calibration")
+    before = evaluation.reliability_uncalibrated
+    if before is not None:
+        axis.plot(
+            before["confidence"],
+            before["accuracy"],
+            marker="x",
+            alpha=0.6,
+            label=f"before temperature scaling (ECE {metrics['ece_uncalibrated']:.3f})",
+        )
     axis.plot(
-        evaluation.reliability["confidence"], evaluation.reliability["accuracy"], marker="o", label="model"
+        evaluation.reliability["confidence"],
+        evaluation.reliability["accuracy"],
+        marker="o",
+        label=f"model, T = {metrics.get('temperature', 1.0):.2f} (ECE {metrics['ece']:.3f})",
     )
     axis.set_xlabel("confidence")
     axis.set_ylabel("accuracy")
-    axis.set_title(f"Reliability (ECE {evaluation.metrics['ece']:.3f})")
+    axis.set_title(f"Reliability (ECE {metrics['ece']:.3f})")
     axis.legend()
     return figure
 
@@ -64,7 +77,12 @@ def _plot_coverage(evaluation: Evaluation) -> Figure:
     figure, axis = plt.subplots(figsize=(7, 5))
     axis.plot(evaluation.coverage["coverage"], evaluation.coverage["accuracy"])
     axis.axhline(metrics["target_accuracy"], linestyle="--", color="grey", label="target accuracy")
-    axis.axvline(metrics["coverage_at_threshold"], linestyle=":", color="red", label="abstain threshold")
+    axis.axvline(
+        metrics["coverage_at_threshold"],
+        linestyle=":",
+        color="red",
+        label="abstain threshold (fit on validation)",
+    )
     axis.set_xlabel("coverage (share of tickets routed automatically)")
     axis.set_ylabel("accuracy of routed tickets")
     axis.set_title(f"Accuracy vs coverage (threshold {metrics['abstain_threshold']:.3f})")

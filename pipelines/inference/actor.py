@@ -14,7 +14,7 @@ import pyarrow as pa
 from pipelines.contract.columns import LABEL_COLUMN, PATH_COLUMN, REJECT_REASON_COLUMN
 from pipelines.contract.rows import split_valid_rows
 from pipelines.inference.schema import BATCH_SCHEMA, REJECTED_SCHEMA
-from pipelines.model.inference import Prediction, TicketClassifier
+from pipelines.model.inference import CpuRuntime, Prediction, TicketClassifier
 
 
 class ScoreTickets:
@@ -31,6 +31,7 @@ class ScoreTickets:
         model_version: str,
         top_k: int,
         misroute_confidence: float,
+        cpu_runtime: CpuRuntime,
     ) -> None:
         self._folder = tempfile.TemporaryDirectory(prefix="oncall-rescore-")  # lives with the actor
         model_dir = Path(self._folder.name) / "classifier"
@@ -38,7 +39,7 @@ class ScoreTickets:
             target = model_dir / relative
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(content)
-        self.classifier = TicketClassifier.from_dir(model_dir)
+        self.classifier = TicketClassifier.from_dir(model_dir, cpu_runtime=cpu_runtime)
         self.classifier.version = model_version
         self.model_name = model_name
         self.top_k = top_k

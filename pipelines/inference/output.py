@@ -159,7 +159,11 @@ class PartitionWriter:
             "rejected": json.dumps(dict(result.rejected)),
             "skipped_files": json.dumps(list(result.skipped_files)),
             "files": json.dumps(
-                sorted(file_name(path) for path, day in self.day_of.items() if day == result.day)
+                sorted(
+                    file_name(path)
+                    for path, day in self.day_of.items()
+                    if day == result.day and path not in result.skipped_files
+                )
             ),
         }
 

@@ -157,7 +157,7 @@ def _complete_days(
     committed = table.committed_days(ref.version)
     recorded = table.scored_files(ref.version)
     complete = set()
-    for partition in archive.partitions(request.since, request.until):
+    for partition in archive.partitions(request.since, request.until, misnamed="skip"):
         if partition.day not in committed:
             continue
         scored = recorded.get(partition.day)
@@ -191,8 +191,9 @@ def _plan(
         raise ArchiveError(f"archive {summary.archive} has no partitions {window}")
     pending = [p for p in partitions if p.day not in committed]
     summary.already_committed = sorted(p.day for p in partitions if p.day in committed)
-    pending_files = {path for p in pending for path in p.files}
-    problems = [p for p in problems if p.source in pending_files]
+    # A misnamed partition directory belongs to no day: it is always a problem of the run.
+    committed_files = {path for p in partitions if p.day in committed for path in p.files}
+    problems = [p for p in problems if p.source not in committed_files]
     if problems and summary.on_bad_file == "fail":
         raise ArchiveError(
             "the archive breaks the ticket contract (--on-bad-file skip scores the rest):\n  "
@@ -338,6 +339,7 @@ def _scoring_dataset(
             "model_version": model.ref.version,
             "top_k": config.evaluate.top_k,
             "misroute_confidence": settings.misroute_confidence,
+            "cpu_runtime": config.inference.cpu_runtime,
         },
         batch_size=settings.batch_size,
         batch_format="pandas",
@@ -350,11 +352,4 @@ def _scoring_dataset(
 def _unreadable_files(error: BaseException, files: list[str], archive: Archive) -> list[SkippedFile]:
     """The files behind a read error: the ones Ray's message names, else every file, each
     confirmed by reading it on the driver."""
-    named = [path for path in files if path in str(error)]
-    unreadable = []
-    for path in named or files:
-        try:
-            archive.read_file(path)
-        except ArchiveError as exc:
-            unreadable.append(SkippedFile(path, str(exc).removeprefix(f"{path}: ")))
-    return unreadable
+    return [SkippedFile(problem.source, problem.problem) for problem in archive.unreadable(error, files)]

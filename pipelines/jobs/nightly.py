@@ -1,7 +1,9 @@
 """``nightly``: the online-learning loop for one date.
 
 new archive days + feedback → incremental training (warm start from the champion, replay of
-older tickets, the head grows for new tenants) → register → gate → promote → rescore.
+older tickets, the head grows for new tenants) → register → gate → promote → rescore →
+retention (:mod:`pipelines.jobs.retention`, when ``retention.after_nightly``; its failure is
+reported in the summary and never fails the nightly).
 
 Every step leaves a trace in MLflow (the training run and the registered version are tagged
 with the date, the gate's decision is tagged on the version, the nightly run records the rest),
@@ -33,8 +35,11 @@ from pipelines.contract.days import DayWindow
 from pipelines.data.feedback import FeedbackStore, accepted_labels, changed_labels
 from pipelines.errors import OncallError
 from pipelines.faults import Faults
+from pipelines.inference.quality import quality_drops, version_quality
 from pipelines.inference.rescore import RescoreRequest, rescore
-from pipelines.ray_runtime import ray_session
+from pipelines.inference.table import ScoredTable
+from pipelines.jobs.retention import run_retention, size_text
+from pipelines.ray_runtime import TerminatedError, ray_session
 from pipelines.registry.lock import jobs_lock
 from pipelines.registry.promotion import promote
 from pipelines.registry.tracking import RunLog, RunRecord, Tracker
@@ -46,7 +51,7 @@ log = logging.getLogger(__name__)
 NIGHTLY_EXPERIMENT = "nightly"
 DATE_TAG = "nightly.date"
 INGESTED_TAG = "nightly.ingested_until"
-STEPS = ("ingest", "train", "register", "gate", "rescore")
+STEPS = ("ingest", "train", "register", "gate", "rescore", "retention")
 T = TypeVar("T")
 
 
@@ -76,6 +81,11 @@ class NightlySummary:
     train_run_id: str = ""
     rescored_rows: int = 0
     rescored_misrouted: int = 0
+    quality: dict[str, float] = field(default_factory=dict)  # the champion on the rescored days
+    quality_alerts: list[str] = field(default_factory=list)  # drops beyond nightly.quality_drop_margin
+    retention_removed: int = 0  # directories the retention step removed
+    retention_freed_bytes: int = 0
+    retention_error: str = ""  # why the retention step failed (the nightly still succeeded)
     step_seconds: dict[str, float] = field(default_factory=dict)
     reused_steps: list[str] = field(default_factory=list)
 
@@ -92,6 +102,7 @@ def last_successful_date(config: OncallConfig) -> dt.date | None:
 
 def run_nightly(config: OncallConfig, request: NightlyRequest) -> NightlySummary:
     with jobs_lock(config, "nightly"):
+        Registry(config).finish_interrupted_promotion()
         done = [r for r in _finished_runs(Tracker(config)) if r.tags[DATE_TAG] == request.date.isoformat()]
         if done:
             log.info("nightly %s already completed (run %s): nothing to do", request.date, done[0].run_id)
@@ -116,6 +127,7 @@ class _NightlyRun:
         self.registry = Registry(config, self.tracker.client)
         self.summary = NightlySummary(date=self.date)
         self.overrides: dict[str, str] = {}  # feedback labels trained on: ticket → tenant (set by ingest)
+        self.latest_feedback: dict[str, str] = {}  # every ticket's latest answer (set by ingest)
         self.window: tuple[dt.date | None, dt.date] = (None, self.date)  # set by the ingest step
         self.run_log: RunLog  # set by run()
 
@@ -142,6 +154,8 @@ class _NightlyRun:
                 self.summary.status = "nothing new"
                 log.info("nightly %s: no new archive day and no new feedback: nothing to train", self.date)
             self._step("rescore", self._rescore)
+            if self.config.retention.after_nightly:
+                self._step("retention", self._retention)
             self.summary.champion_after = _version_of(self.registry.alias_or_none(CHAMPION))
             _record(run, self.summary, ingested_until)
             self.registry.record_nightly_success(dt.datetime.now(dt.UTC))
@@ -184,6 +198,7 @@ class _NightlyRun:
             history, self.registry.tenants(champion) if champion else (), self.config.feedback
         )
         self.overrides = labels.accepted
+        self.latest_feedback = dict(zip(history.ticket_id, history.tenant, strict=True))  # oldest first
         recent = history if since_last is None else history[history.received_at > since_last]
         self.summary.feedback_labels = recent.ticket_id.nunique()
         self.summary.feedback_held = sum(labels.held.values())
@@ -252,12 +267,61 @@ class _NightlyRun:
         if self.registry.alias_or_none(CHAMPION) is None or self.config.nightly.rescore_days == 0:
             return
         since = self.date - dt.timedelta(days=self.config.nightly.rescore_days - 1)
+        if not any(since <= day <= self.date for day in self.archive_days):
+            log.warning(
+                "rescore skipped: %s has no partition between %s and %s (nightly.rescore_days=%d)",
+                self.archive,
+                since,
+                self.date,
+                self.config.nightly.rescore_days,
+            )
+            return
         result = rescore(
             self.config,
             RescoreRequest(archive_uri=self.archive, alias=CHAMPION, since=since, until=self.date),
         )
         self.summary.rescored_rows = result.rows_read
         self.summary.rescored_misrouted = result.misrouted
+        self._measure_quality(result.model_version, [d for d in self.archive_days if since <= d <= self.date])
+
+    def _measure_quality(self, version: str, days: list[dt.date]) -> None:
+        """The champion on the rescored days without labels (abstain rate, mean confidence) and
+        with them (archive, feedback); a drop since the last nightly is flagged, never fatal."""
+        quality = version_quality(ScoredTable.open(self.config), version, days, self.latest_feedback)
+        self.summary.quality = quality.as_metrics()
+        earlier = _finished_runs(self.tracker)
+        if earlier:
+            margin = self.config.nightly.quality_drop_margin
+            self.summary.quality_alerts = quality_drops(quality, earlier[0].metrics, margin)
+        if self.summary.quality_alerts:
+            log.warning(
+                "nightly %s: version %s's quality dropped since the last nightly by more than %.2f: %s",
+                self.date,
+                version,
+                self.config.nightly.quality_drop_margin,
+                "; ".join(self.summary.quality_alerts),
+            )
+
+    def _retention(self) -> None:
+        """Last, after the promotion and under the nightly's lock: the new champion and the one
+        it replaced are protected. A failure is reported, never undoes a nightly that promoted."""
+        try:
+            result = run_retention(self.config)
+        except TerminatedError:
+            raise
+        except Exception as exc:  # any failure of a cleanup: reported, the nightly's work stands
+            self.summary.retention_error = f"{type(exc).__name__}: {exc}"[:300]
+            log.warning(
+                "nightly %s: retention failed: %s", self.date, self.summary.retention_error, exc_info=True
+            )
+            return
+        self.summary.retention_removed = len(result.removed)
+        self.summary.retention_freed_bytes = result.bytes_freed
+        if result.failed:
+            self.summary.retention_error = (
+                f"could not remove {len(result.failed)} directory(ies): "
+                + "; ".join(f"{uri}: {error}" for uri, error in result.failed.items())[:300]
+            )
 
     # -- bookkeeping ---------------------------------------------------------------------------
 
@@ -293,6 +357,8 @@ def _record(run: RunLog, summary: NightlySummary, ingested_until: str) -> None:
             "nightly.champion_after": summary.champion_after or "",
             "nightly.train_run_id": summary.train_run_id,
             "nightly.reused_steps": ",".join(summary.reused_steps),
+            "nightly.retention_error": summary.retention_error,
+            "nightly.quality_alerts": "; ".join(summary.quality_alerts),
         }
     )
     run.metrics(
@@ -304,6 +370,9 @@ def _record(run: RunLog, summary: NightlySummary, ingested_until: str) -> None:
             "feedback_rejected": summary.feedback_rejected,
             "rescored_rows": summary.rescored_rows,
             "rescored_misrouted": summary.rescored_misrouted,
+            "retention_removed": summary.retention_removed,
+            "retention_freed_bytes": summary.retention_freed_bytes,
+            **summary.quality,
         }
     )
 
@@ -348,6 +417,11 @@ def _summary_of(run: RunRecord, date: dt.date) -> NightlySummary:
         rescored_rows=int(metrics.get("rescored_rows", 0)),
         rescored_misrouted=int(metrics.get("rescored_misrouted", 0)),
         reused_steps=[s for s in tags.get("nightly.reused_steps", "").split(",") if s],
+        retention_removed=int(metrics.get("retention_removed", 0)),
+        retention_freed_bytes=int(metrics.get("retention_freed_bytes", 0)),
+        retention_error=tags.get("nightly.retention_error", ""),
+        quality={name: value for name, value in metrics.items() if name.startswith("quality_")},
+        quality_alerts=[a for a in tags.get("nightly.quality_alerts", "").split("; ") if a],
     )
 
 
@@ -371,6 +445,21 @@ def describe(summary: NightlySummary) -> dict[str, Any]:
         "gate": summary.decision or "-",
         "champion after": summary.champion_after or "none",
         "rescored rows / misrouted": f"{summary.rescored_rows} / {summary.rescored_misrouted}",
+        "champion quality (abstain / confidence / accuracy)": _quality_text(summary.quality),
+        "quality alerts": "; ".join(summary.quality_alerts) or "none",
         "reused steps": ", ".join(summary.reused_steps) or "none",
+        "retention": (
+            f"failed: {summary.retention_error}"
+            if summary.retention_error
+            else f"removed {summary.retention_removed} ({size_text(summary.retention_freed_bytes)})"
+        ),
         **{f"step {name} (s)": f"{seconds:.1f}" for name, seconds in summary.step_seconds.items()},
     }
+
+
+def _quality_text(quality: dict[str, float]) -> str:
+    if not quality:
+        return "-"
+    figures = [quality.get(f"quality_{name}", float("nan")) for name in ("abstain_rate", "mean_confidence")]
+    accuracy = quality.get("quality_labelled_accuracy", float("nan"))
+    return " / ".join(f"{value:.2f}" if value == value else "n/a" for value in (*figures, accuracy))

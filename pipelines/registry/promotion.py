@@ -10,6 +10,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from pipelines.config import OncallConfig, PromotionConfig
@@ -53,16 +54,18 @@ def decide(
     challenger_tenants: set[str],
     rules: PromotionConfig,
     version: str,
+    baseline: pd.Series | None = None,
 ) -> Decision:
     """Rules on predicted tenants (aligned Series of tenant ids).
 
     With a champion: top-1 on tickets whose tenant the champion knows may drop at most
     ``top1_tolerance``; no such tenant with ``min_support`` tickets may lose more than
     ``recall_drop`` recall. Tenants the champion cannot know are reported, not judged.
-    Without one: top-1 must beat the majority-class baseline by ``first_version_margin``.
+    Without one: see :func:`_decide_first_version`. ``baseline``: the classic baseline's
+    answers on the same tickets, its top-1 reported (``classic_baseline_top1``) either way.
     """
     if champion is None:
-        return _decide_first_version(truth, challenger, rules, version)
+        return _decide_first_version(truth, challenger, rules, version, baseline)
     challenger_right = challenger == truth
     known = truth.isin(champion_tenants)
     learned = sorted(set(truth[~known]) & (challenger_tenants - champion_tenants))
@@ -73,6 +76,7 @@ def decide(
         "challenger_top1": challenger_top1,
         "champion_top1": champion_top1,
         "judged_tickets": float(known.sum()),
+        **_classic_baseline_metrics(truth, baseline),
     }
     reasons: list[str] = []
     if challenger_top1 < champion_top1 - rules.top1_tolerance:
@@ -101,18 +105,46 @@ def decide(
 
 
 def _decide_first_version(
-    truth: pd.Series, challenger: pd.Series, rules: PromotionConfig, version: str
+    truth: pd.Series,
+    challenger: pd.Series,
+    rules: PromotionConfig,
+    version: str,
+    baseline: pd.Series | None = None,
 ) -> Decision:
-    """No champion yet: top-1 must beat the majority-class baseline by ``first_version_margin``."""
-    baseline = float(truth.value_counts(normalize=True).iloc[0])
+    """No champion yet: top-1 must beat the majority-class baseline by ``first_version_margin``;
+    with ``first_version_baseline: classic`` it must also reach the classic baseline's top-1 on
+    the same tickets (a tie passes: the rule asks the model to earn its cost, not to win by a
+    margin the classic baseline's own noise would decide)."""
+    majority = float(truth.value_counts(normalize=True).iloc[0])
     top1 = float((challenger == truth).mean())
-    metrics = {"challenger_top1": top1, "majority_baseline_top1": baseline}
-    passed = top1 >= baseline + rules.first_version_margin
-    reason = (
-        f"first version: top-1 {top1:.3f} {'beats' if passed else 'does not beat'} the majority "
-        f"baseline {baseline:.3f} by the required {rules.first_version_margin:.2f}"
+    metrics = {
+        "challenger_top1": top1,
+        "majority_baseline_top1": majority,
+        **_classic_baseline_metrics(truth, baseline),
+    }
+    beats_majority = top1 >= majority + rules.first_version_margin
+    reasons = [
+        f"first version: top-1 {top1:.3f} {'beats' if beats_majority else 'does not beat'} the majority "
+        f"baseline {majority:.3f} by the required {rules.first_version_margin:.2f}"
+    ]
+    if rules.first_version_baseline == "majority":
+        return Decision(version, beats_majority, reasons, metrics=metrics)
+    if "classic_baseline_top1" not in metrics:
+        reasons.append(
+            "first version: no classic baseline to compare with (promotion.first_version_baseline: classic)"
+        )
+        return Decision(version, False, reasons, metrics=metrics)
+    classic = metrics["classic_baseline_top1"]
+    reaches_classic = top1 >= classic
+    reasons.append(
+        f"first version: top-1 {top1:.3f} {'reaches' if reaches_classic else 'is below'} the classic "
+        f"baseline's {classic:.3f} (TF-IDF + linear SVM on its training days)"
     )
-    return Decision(version, passed, [reason], metrics=metrics)
+    return Decision(version, beats_majority and reaches_classic, reasons, metrics=metrics)
+
+
+def _classic_baseline_metrics(truth: pd.Series, baseline: pd.Series | None) -> dict[str, float]:
+    return {} if baseline is None else {"classic_baseline_top1": float((baseline == truth).mean())}
 
 
 def _recall_regressions(
@@ -191,6 +223,7 @@ def _gate_and_promote(
         set(challenger_model.labels.tenants),
         config.promotion,
         candidate.version,
+        predictions.get("baseline"),
     )
     decision.champion = champion.version if champion else None
     if force and not decision.promoted:
@@ -212,7 +245,12 @@ def _predict_evaluation_set(
     champion: TicketClassifier | None,
 ) -> tuple[pd.Series, dict[str, pd.Series]]:
     """Both models on the candidate's test days (the newest labelled days it was not trained on)
-    plus the configured golden set, each with its own text builder, aligned by ticket id."""
+    plus the configured golden set, each with its own text builder, aligned by ticket id; and
+    the classic baseline (role ``baseline``), trained on the candidate's training days with the
+    challenger's text, on the challenger's tickets."""
+    # evaluation/ imports registry/ (tracking, versions): imported here, when a gate runs.
+    from pipelines.evaluation.job import baseline_for_window
+
     window = candidate.test_window
     if window is None:
         raise ModelError(f"version {candidate.version} records no test days (tag window.test) to gate on")
@@ -232,12 +270,19 @@ def _predict_evaluation_set(
             rows = rows.set_index("ticket_id").sort_index()
             if rows.empty:
                 raise ModelError(f"no labelled tickets in {archive} between {since} and {until} to gate on")
-            probabilities = model.predict_proba_texts(rows["text"].tolist())
-            predictions[role] = pd.Series(
-                [model.labels.tenants[i] for i in probabilities.argmax(axis=1)], index=rows.index
-            )
+            texts = rows["text"].tolist()
+            predictions[role] = _top1(model.predict_proba_texts(texts), model, rows.index)
             truth = rows[LABEL_COLUMN]
+            if model is challenger:
+                baseline = baseline_for_window(config, archive, model.text_builder, candidate.train_window)
+                if baseline is not None:
+                    predictions["baseline"] = _top1(baseline.scores(texts, model.labels), model, rows.index)
     return truth, predictions
+
+
+def _top1(scores: np.ndarray, model: TicketClassifier, index: pd.Index) -> pd.Series:
+    """The best-scored tenant of each ticket, scores in ``model``'s class ids."""
+    return pd.Series([model.labels.tenants[i] for i in scores.argmax(axis=1)], index=index)
 
 
 def rollback(config: OncallConfig) -> tuple[str, str]:

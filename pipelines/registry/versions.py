@@ -36,7 +36,7 @@ from pipelines.registry.tracking import (
 )
 
 if TYPE_CHECKING:
-    from pipelines.model.inference import TicketClassifier
+    from pipelines.model.inference import CpuRuntime, TicketClassifier
 
 log = logging.getLogger(__name__)
 
@@ -364,16 +364,22 @@ class Registry:
         device: str | None = None,
         batch_size: int = 64,
         merge: bool = True,
+        cpu_runtime: CpuRuntime = "eager",
     ) -> TicketClassifier:
         """The classifier of ``ref``, or of the version ``alias`` or ``version`` names, loaded
-        from a temporary download; its ``version`` is set."""
+        from a temporary download; its ``version`` is set. ``cpu_runtime``: the scoring paths
+        pass ``inference.cpu_runtime``; the default is the fp32 reference."""
         # Imported here: torch stays out of the CLI's and the nightly's start-up.
         from pipelines.model.inference import TicketClassifier
 
         ref = ref or self.get(alias=alias, version=version)
         with tempfile.TemporaryDirectory(prefix="oncall-version-") as folder:
             classifier = TicketClassifier.from_dir(
-                self.download(ref, Path(folder)), device=device, batch_size=batch_size, merge=merge
+                self.download(ref, Path(folder)),
+                device=device,
+                batch_size=batch_size,
+                merge=merge,
+                cpu_runtime=cpu_runtime,
             )
         classifier.version = ref.version
         return classifier

@@ -41,10 +41,12 @@ from pipelines.data.window import (
     replay_sample,
     summarise,
     train_labels,
+    unreadable_files_named,
+    valid_labelled,
     with_label_overrides,
 )
 from pipelines.errors import ConfigError, ModelError
-from pipelines.evaluation.job import log_evaluation, score_rows
+from pipelines.evaluation.job import fit_calibration, log_evaluation, score_rows, train_baseline
 from pipelines.evaluation.metrics import Evaluation
 from pipelines.faults import Faults
 from pipelines.model.artifact import CLASSIFIER_DESCRIPTOR, LabelSet, save_classifier, saved_trainable_state
@@ -247,7 +249,8 @@ def _read_rows(config: OncallConfig, request: TrainRequest, builder: TextBuilder
             config.object_store,
         )
         rows = rows.union(replay) if replay is not None else rows
-    return rows.materialize()
+    with unreadable_files_named(request.archive_uri, request.since, request.until, config.object_store):
+        return rows.materialize()
 
 
 def fit(
@@ -281,17 +284,29 @@ def publish(
     checkpoint: ray.train.Checkpoint,
     run: RunLog,
 ) -> Published:
-    """The classifier directory from ``checkpoint``, its evaluation on the test days (logged,
-    and its abstain threshold written into the directory), packaged and logged to ``run``."""
+    """The classifier directory from ``checkpoint``, calibrated on the validation days (its
+    temperature and abstain threshold written into the directory), evaluated on the test days
+    next to the classic baseline trained on the same training days (logged), packaged and
+    logged to ``run``."""
+    split = window.split
     with tempfile.TemporaryDirectory(prefix="oncall-train-") as staging:
         # Checkpoint → classifier directory
         model_dir = Path(staging) / CLASSIFIER_ARTIFACT
         progress = _classifier_from_checkpoint(checkpoint, model_dir, config, request, window)
-        # Evaluation
-        evaluation, _ = score_rows(
-            TicketClassifier.from_dir(model_dir), held_out_rows(window.rows, window.split), config
+        classifier = TicketClassifier.from_dir(model_dir)
+        # Calibration on the validation days
+        calibration = fit_calibration(
+            classifier, valid_labelled(window.rows, split.validation).to_pandas(), config
         )
-        _write_descriptor_fields(model_dir, {"abstain_threshold": evaluation.metrics["abstain_threshold"]})
+        _write_descriptor_fields(model_dir, calibration.descriptor_fields())
+        classifier.temperature, classifier.abstain_threshold = (
+            calibration.temperature,
+            calibration.abstain_threshold,
+        )
+        # Evaluation on the test days, with the classic baseline
+        baseline = train_baseline(valid_labelled(window.rows, split.train), config)
+        evaluation, _ = score_rows(classifier, held_out_rows(window.rows, split), config, baseline)
+        evaluation.metrics.update(calibration.as_metrics())
         run.metrics({"resumed_from_step": progress.get("resumed_from_step", 0)})
         run.tags({"checkpoint": _checkpoint_uri(checkpoint)})
         log_evaluation(run, evaluation, "test", EVALUATION_ARTIFACT)

@@ -28,6 +28,7 @@ from pipelines.faults import Fault, Faults
 from pipelines.model import batching
 from pipelines.model import steps as training_steps
 from pipelines.model.classifier import build_classifier, grow_head, load_trainable_state, trainable_state_dict
+from pipelines.model.head_init import init_new_tenant_rows
 
 # Every Ray Train worker imports this module to unpickle train_loop: modules that only the
 # driver or rank 0 needs (MLflow, scikit-learn: ~1 s of imports per worker here) are imported
@@ -94,10 +95,9 @@ def train_loop(config: LoopConfig) -> None:
     exit_fault = _worker_exit_fault(config.faults, rank, context.get_world_size())
     # Model and optimizer: resumed, warm-started or fresh
     torch.manual_seed(config.train.seed)
-    training = _start(config, rank)
-    # Datasets
     train_shard = ray.train.get_dataset_shard("train")
     validation_shard = ray.train.get_dataset_shard("validation")
+    training = _start(config, rank, train_shard)
     run = _rank_zero_run(config) if rank == 0 else None
     # Training
     for epoch in range(training.progress.epoch + 1, config.train.epochs):
@@ -109,10 +109,12 @@ def train_loop(config: LoopConfig) -> None:
         _report(metrics, training, rank)
 
 
-def _start(config: LoopConfig, rank: int) -> _Training:
+def _start(config: LoopConfig, rank: int, train_shard: ray.data.DataIterator) -> _Training:
     """The model (from the last checkpoint, else the warm start, else fresh), its optimizer
-    and schedule (restored with a checkpoint), the class weights and the collate function."""
+    and schedule (restored with a checkpoint), the class weights and the collate function. A
+    warm start grows the head; new tenants' rows start from their tickets (``mean``)."""
     device = ray.train.torch.get_device()
+    collate = PadCollate(config.pad_token_id, device)
     model = build_classifier(
         config.base_dir, config.num_labels, pad_token_id=config.pad_token_id, model_config=config.model
     )
@@ -130,6 +132,10 @@ def _start(config: LoopConfig, rank: int) -> _Training:
     elif config.initial_state is not None:
         grown = grow_head(config.initial_state, trainable_state_dict(model), config.known_labels)
         load_trainable_state(model, grown)
+        if config.train.new_tenant_init == "mean" and config.num_labels > config.known_labels:
+            model.to(device)
+            batches = train_shard.iter_torch_batches(batch_size=VALIDATION_BATCH, collate_fn=collate)
+            init_new_tenant_rows(model, batches, config.known_labels)  # one pass, every rank
     model = ray.train.torch.prepare_model(model)
     optimizer = training_steps.make_optimizer(model, config.train)
     scheduler = training_steps.make_scheduler(optimizer, config.total_steps, config.train.warmup_ratio)
@@ -143,7 +149,7 @@ def _start(config: LoopConfig, rank: int) -> _Training:
         optimizer=optimizer,
         scheduler=scheduler,
         weights=weights.to(device) if weights is not None else None,
-        collate=PadCollate(config.pad_token_id, device),
+        collate=collate,
         autocast_dtype=torch.bfloat16 if device.type == "cuda" else None,
         progress=progress,
     )

@@ -102,7 +102,9 @@ def mlflow_store(uri: str) -> Iterator[None]:
     from mlflow.tracking._tracking_service import utils as tracking_utils
 
     saved_globals = tracking_utils._tracking_uri, registry_utils._registry_uri
-    saved_environment = {name: os.environ.get(name) for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    saved_environment = {
+        name: os.environ.get(name) for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    }
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     try:

@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 
 from pipelines.config import OncallConfig
 from pipelines.contract.archive import Archive
+from pipelines.faults import Faults
 from tests.conftest import small_config
 from tests.integration.mlflow_server import free_port
 
@@ -39,13 +40,13 @@ def serving_config(
 
 
 @contextmanager
-def deployed(config: OncallConfig) -> Iterator[str]:
+def deployed(config: OncallConfig, faults: Faults | None = None) -> Iterator[str]:
     from ray import serve
 
     from serve.app import deploy
 
     try:
-        yield deploy(config)
+        yield deploy(config, faults)
     finally:
         serve.shutdown()
         _wait_controller_gone()

@@ -100,6 +100,11 @@ def test_nightly_learns_the_move_and_the_new_tenant_resumes_after_a_crash_and_is
         summary.new_days[0] == CHAMPION_UNTIL + dt.timedelta(days=1) and summary.new_days[-1] == NIGHTLY_DATE
     )
     assert summary.feedback_labels == 1 and summary.rescored_rows == 2 * SPEC.tickets_per_day
+    assert summary.quality["quality_tickets"] == summary.rescored_rows  # the champion on those days
+    assert (
+        0 <= summary.quality["quality_abstain_rate"] < 1
+        and summary.quality["quality_labelled_accuracy"] > 0.5
+    )
 
     again = run_nightly(config, NightlyRequest(date=NIGHTLY_DATE))
     assert again.status == "already done" and again.version == second

@@ -257,6 +257,17 @@ def test_concurrent_feedback_for_one_ticket_leaves_one_row(
     assert FeedbackStore(config.feedback_db_url).get("INC-race").tenant == "the-final-owner"
 
 
+def test_feedback_naming_a_tenant_the_model_does_not_know_is_stored_under_hold(
+    served: tuple[OncallConfig, str], client: RouterClient, trained_run: tuple[OncallConfig, TrainResult]
+) -> None:
+    """feedback.new_tenants is hold (the default): the nightly decides, the endpoint stores it."""
+    config, _ = served
+    assert config.feedback.new_tenants == "hold"
+    assert "brand-new-team" not in trained_run[1].labels.tenants
+    assert client.feedback("INC-new-team", "brand-new-team")["stored"]
+    assert FeedbackStore(config.feedback_db_url).get("INC-new-team").tenant == "brand-new-team"
+
+
 def test_prometheus_metrics_are_exported(served: tuple[OncallConfig, str], client: RouterClient) -> None:
     import ray
 

@@ -238,6 +238,7 @@ RULES = (
             "pipelines.registry",
             "pipelines.contract",
             "pipelines.data.feedback",
+            "pipelines.faults",
         ),
     ),
 )

@@ -87,3 +87,17 @@ def test_split_valid_rows_rejects_with_reasons_and_loses_nothing() -> None:
         ("ok-3", REJECT_EMPTY_TITLE),
     ]
     assert len(valid) + len(rejected) == len(frame)
+
+
+def test_text_that_is_not_utf8_is_repaired_and_named(caplog: pytest.LogCaptureFixture) -> None:
+    """Parquet strings must be UTF-8; an unchecked writer can store other bytes, on which every
+    pandas string operation fails. They become U+FFFD, as lone surrogates do."""
+    data = b"disk \xff full" + b"5xx on api"
+    offsets = pa.py_buffer(pa.array([0, 11, 21], pa.int32()).buffers()[1])
+    titles = pa.Array.from_buffers(pa.string(), 2, [None, offsets, pa.py_buffer(data)])
+    frame = table(title=titles, path=["date=2026-10-01/part-0.parquet"] * 2).to_pandas()
+
+    valid, rejected = split_valid_rows(frame)
+
+    assert valid["title"].tolist() == ["disk \ufffd full", "5xx on api"] and rejected.empty
+    assert "date=2026-10-01/part-0.parquet: column(s) 'title' hold bytes that are not UTF-8" in caplog.text

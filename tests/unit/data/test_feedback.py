@@ -16,6 +16,7 @@ from pipelines.config import FeedbackConfig
 from pipelines.contract.archive import Archive
 from pipelines.data import feedback
 from pipelines.data.feedback import FeedbackStore, accepted_labels, changed_labels
+from pipelines.errors import ArchiveError
 
 T0 = dt.datetime(2026, 10, 1, 12, tzinfo=dt.UTC)
 
@@ -124,7 +125,12 @@ def test_changed_labels_counts_only_tickets_whose_archive_label_differs(tmp_path
         folder = tmp_path / f"date={day}"
         folder.mkdir()
         table = pa.table(
-            {"ticket_id": [r[0] for r in rows], "tenant": pa.array([r[1] for r in rows], pa.string())}
+            {
+                "ticket_id": [r[0] for r in rows],
+                "tenant": pa.array([r[1] for r in rows], pa.string()),
+                "title": ["t"] * len(rows),
+                "created_at": pa.array([dt.datetime(2026, 10, 1, tzinfo=dt.UTC)] * len(rows)),
+            }
         )
         pq.write_table(table, folder / "part-0.parquet")
     archive = Archive(str(tmp_path))
@@ -150,3 +156,17 @@ def test_an_answer_that_commits_after_a_newer_one_does_not_become_the_label(
         }
     finally:
         store.close()
+
+
+def test_changed_labels_names_a_broken_file_and_reads_one_without_labels(tmp_path: Path) -> None:
+    day = tmp_path / "archive" / "date=2026-10-01"
+    day.mkdir(parents=True)
+    created = pa.array([dt.datetime(2026, 10, 1, tzinfo=dt.UTC)])
+    pq.write_table(
+        pa.table({"ticket_id": ["A"], "title": ["t"], "created_at": created}), day / "unlabelled.parquet"
+    )
+    archive = Archive(str(tmp_path / "archive"))
+    assert changed_labels(archive, dt.date(2026, 10, 1), {"A": "team-a"}) == 1  # no owner in the archive
+    (day / "broken.parquet").write_bytes(b"not parquet at all")
+    with pytest.raises(ArchiveError, match=r"broken\.parquet: not a readable Parquet file"):
+        changed_labels(archive, dt.date(2026, 10, 1), {"A": "team-a"})

@@ -10,7 +10,16 @@ from tests.unit.evaluation.test_metrics import LABELS, scores
 
 
 def test_report_files(tmp_path: Path) -> None:
-    written = write_report(evaluate_scores(*scores(), LABELS, target_accuracy=0.9), tmp_path)
+    probabilities, true_ids = scores()
+    evaluation = evaluate_scores(
+        probabilities,
+        true_ids,
+        LABELS,
+        target_accuracy=0.9,
+        abstain_threshold=0.5,
+        uncalibrated=probabilities,
+    )
+    written = write_report(evaluation, tmp_path)
     names = {path.name for path in written}
     assert names == {
         "per_tenant.csv",

@@ -27,7 +27,7 @@ def test_an_unreachable_registry_fails_the_nightly_before_anything_runs(
     for name, value in NO_RETRIES.items():
         monkeypatch.setenv(name, value)
     config = config_at(tmp_path, **{"registry.tracking_uri": closed_port_uri()})
-    with pytest.raises(RegistryError, match="searching runs of experiment 'nightly' failed"):
+    with pytest.raises(RegistryError, match="reading registered model 'oncall-router' failed"):
         run_nightly(config, NightlyRequest(date=dt.date(2026, 10, 9)))
 
 
@@ -58,9 +58,16 @@ def test_the_nightly_trains_on_feedback_the_policy_accepts_and_counts_what_it_ch
     archive = tmp_path / "archive" / "date=2026-10-01"
     archive.mkdir(parents=True)
     tickets = {"A": "team-a", "B": "team-a", "C": "team-b"}
-    pq.write_table(
-        pa.table({"ticket_id": list(tickets), "tenant": list(tickets.values())}), archive / "p.parquet"
+    created = pa.array([dt.datetime(2026, 10, 1, tzinfo=dt.UTC)] * len(tickets))
+    table = pa.table(
+        {
+            "ticket_id": list(tickets),
+            "tenant": list(tickets.values()),
+            "title": ["t"] * 3,
+            "created_at": created,
+        }
     )
+    pq.write_table(table, archive / "p.parquet")
     config = config_at(tmp_path / "data", **{"data.archive": str(archive.parent)})
     champion_knowing(config, ["team-a", "team-b"], tmp_path / "champion")
     store = FeedbackStore(config.feedback_db_url)
@@ -75,3 +82,18 @@ def test_the_nightly_trains_on_feedback_the_policy_accepts_and_counts_what_it_ch
     summary = run.summary
     assert (summary.feedback_labels, summary.feedback_changed, summary.feedback_held) == (3, 1, 1)
     assert describe(summary)["labels changed by feedback"] == 1
+
+
+def test_a_rescore_window_without_partitions_is_skipped_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = config_at(tmp_path / "data", **{"nightly.rescore_days": 2})
+    champion_knowing(config, ["team-a"], tmp_path / "champion")
+    archive = tmp_path / "archive"
+    (archive / "date=2026-10-01").mkdir(parents=True)
+    run = _NightlyRun(
+        config, NightlyRequest(date=dt.date(2026, 10, 9)), Archive(str(archive)), [dt.date(2026, 10, 1)]
+    )
+    run._rescore()  # nothing between 2026-10-08 and 2026-10-09: no rescore (it would raise)
+    assert run.summary.rescored_rows == 0
+    assert "rescore skipped: " in caplog.text and "between 2026-10-08 and 2026-10-09" in caplog.text
